@@ -1,0 +1,642 @@
+"""GAAF activations: the sawtooth ``g``, shape functions, one fused autograd Function, the module.
+
+``GAAF(base)(x) = phi(x) + g(x) * s(x)`` with ``g(x) = (xK - floor(xK) - 0.5) / K``. ``g`` is a
+sawtooth of amplitude ``0.5/K`` whose slope is 1 almost everywhere, so the forward value moves by at
+most ``0.5/K * |s(x)|`` while the backward pass returns ``phi'(x) + s(x) + g(x) s'(x)``. ``s`` fades
+the extra gradient far into saturation.
+
+The paper gives no formula for ``s`` ("an exponential" for tanh, "a shifted sigmoid" for ReLU). The
+defaults here are our choice, following the only public code: ``gauss`` ``exp(-x^2/c)`` with
+``c = 3`` for tanh, sigmoid and hardtanh; ``shifted_sigmoid`` ``sigmoid(a (x + b))`` with
+``a = 1, b = 1`` for the ReLU family (relu, leaky_relu, elu, gelu, silu, softplus).
+
+Like timm's memory-efficient activations, each activation has a functional form (:func:`gaaf`) and
+a module form (:class:`GAAF`); the autograd Function saves only ``x`` and recomputes the derivative.
+Supported base activations have analytic derivatives and an elementwise kernel that is fused with
+``torch.compile`` where a compiler is available (switch: :func:`set_compile` or ``GAAF_COMPILE=0``);
+any other elementwise module goes through a slower generic path (autograd of the base activation
+plus a fused GAAF term).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "DEFAULT_K",
+    "GAAF",
+    "SHAPES",
+    "SUPPORTED_ACTIVATIONS",
+    "CallableShape",
+    "Gauss",
+    "One",
+    "Shape",
+    "ShiftedSigmoid",
+    "activation_from_name",
+    "compile_enabled",
+    "default_shape_for",
+    "gaaf",
+    "make_shape",
+    "register_shape",
+    "sawtooth",
+    "set_compile",
+]
+
+DEFAULT_K: float = 10_000
+
+
+# --------------------------------------------------------------------------------------------------
+# The sawtooth g(x)
+# --------------------------------------------------------------------------------------------------
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """g is computed in float32 or wider: in half precision ``x*K`` has no fractional part left."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _inverse_k(K: float, dtype: torch.dtype) -> float:
+    """``1/K`` rounded *down* in ``dtype``, so ``|g| <= 0.5/K`` holds exactly after rounding.
+
+    Multiplying by a reciprocal instead of dividing keeps compiled kernels fast.
+    """
+    inv = 1.0 / K
+    t = torch.tensor(inv, dtype=dtype)
+    if float(t) > inv:
+        t = torch.nextafter(t, torch.zeros((), dtype=dtype))
+    return float(t)
+
+
+def _sawtooth(x: Tensor, K: float, inv_k: float) -> Tensor:
+    y = x * K
+    g = (y - torch.floor(y) - 0.5) * inv_k
+    # Where x*K is not finite (inf, NaN, or overflow) the tooth is undefined: the term is dropped so
+    # that +-inf gives what phi gives and NaN still comes out of phi (never masked).
+    return torch.where(torch.isfinite(y), g, torch.zeros_like(g))
+
+
+def sawtooth(x: Tensor, K: float = DEFAULT_K) -> Tensor:
+    """``g(x) = (xK - floor(xK) - 0.5) / K`` in float32 or wider; ``|g| <= 0.5/K`` for finite x."""
+    _check_k(K)
+    cdt = _compute_dtype(x.dtype)
+    return _sawtooth(x.to(cdt), float(K), _inverse_k(float(K), cdt))
+
+
+def _check_k(K: float | None) -> None:
+    if K is None:
+        return
+    if isinstance(K, bool) or not isinstance(K, (int, float)) or not math.isfinite(K) or K <= 0:
+        raise ValueError(f"GAAF: K must be a positive finite number or None (exact mode), got {K!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Shape functions s(x)
+# --------------------------------------------------------------------------------------------------
+
+
+class Shape:
+    """A shape function ``s(x)`` with its derivative; subclasses are registered by ``name``.
+
+    ``__call__`` and ``derivative`` must use elementwise torch ops only (they are fused into one
+    kernel). Instances are hashable by ``(name, params)`` so equal shapes share a compiled kernel.
+    """
+
+    name: str = ""
+
+    def __init__(self, **params: float) -> None:
+        self.params = {k: float(v) for k, v in params.items()}
+
+    def __call__(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def derivative(self, x: Tensor, s: Tensor) -> Tensor:
+        """``s'(x)``; ``s`` is ``self(x)``, passed in so it is not computed twice."""
+        raise NotImplementedError
+
+    def key(self) -> tuple:
+        return (self.name, tuple(sorted(self.params.items())))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Shape) and self.key() == other.key()
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{self.name}({args})"
+
+
+class Gauss(Shape):
+    """``s(x) = exp(-x^2 / c)``: 1 at the origin, fading into both saturated tails (tanh-like)."""
+
+    name = "gauss"
+
+    def __init__(self, c: float = 3.0) -> None:
+        if not c > 0:
+            raise ValueError(f"gauss shape: c must be > 0, got {c!r}")
+        super().__init__(c=c)
+        self._neg_inv_c = -1.0 / float(c)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return torch.exp(x * x * self._neg_inv_c)
+
+    def derivative(self, x: Tensor, s: Tensor) -> Tensor:
+        return (2.0 * self._neg_inv_c) * x * s
+
+
+class ShiftedSigmoid(Shape):
+    """``s(x) = sigmoid(a (x + b))``: ~1 on the active side, fading far into ``x < 0`` (ReLU family)."""
+
+    name = "shifted_sigmoid"
+
+    def __init__(self, a: float = 1.0, b: float = 1.0) -> None:
+        if not a > 0:
+            raise ValueError(f"shifted_sigmoid shape: a must be > 0, got {a!r}")
+        super().__init__(a=a, b=b)
+        self._a, self._b = float(a), float(b)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return torch.sigmoid((x + self._b) * self._a)
+
+    def derivative(self, x: Tensor, s: Tensor) -> Tensor:
+        return self._a * s * (1.0 - s)
+
+
+class One(Shape):
+    """``s(x) = 1``: the full extra gradient everywhere (the paper's un-shaped variant)."""
+
+    name = "one"
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return torch.ones_like(x)
+
+    def derivative(self, x: Tensor, s: Tensor) -> Tensor:
+        return torch.zeros_like(x)
+
+
+class CallableShape(Shape):
+    """Wraps any elementwise ``fn(x) -> s``; ``s'`` comes from autograd (slower, never compiled)."""
+
+    name = "callable"
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+    def derivative(self, x: Tensor, s: Tensor) -> Tensor:
+        with torch.enable_grad():
+            xd = x.detach().requires_grad_(True)
+            (ds,) = torch.autograd.grad(self.fn(xd).sum(), xd)
+        return ds
+
+    def key(self) -> tuple:
+        return (self.name, id(self.fn))
+
+    def __repr__(self) -> str:
+        return getattr(self.fn, "__name__", repr(self.fn))
+
+
+SHAPES: dict[str, type[Shape]] = {}
+
+
+def register_shape(cls: type[Shape]) -> type[Shape]:
+    """Register a :class:`Shape` subclass under ``cls.name`` (usable as a decorator)."""
+    if not cls.name:
+        raise ValueError("register_shape: a Shape subclass needs a non-empty `name`")
+    SHAPES[cls.name] = cls
+    return cls
+
+
+for _cls in (Gauss, ShiftedSigmoid, One):
+    register_shape(_cls)
+
+
+def make_shape(shape: str | Shape | Callable[[Tensor], Tensor], **kwargs: float) -> Shape:
+    """Build a shape from a registered name (with keyword parameters), a Shape, or a callable."""
+    if isinstance(shape, Shape):
+        if kwargs:
+            raise ValueError("make_shape: keyword parameters only go with a shape *name*")
+        return shape
+    if isinstance(shape, str):
+        if shape not in SHAPES:
+            raise ValueError(f"GAAF: unknown shape {shape!r}; known shapes: {', '.join(sorted(SHAPES))}")
+        try:
+            return SHAPES[shape](**kwargs)
+        except TypeError as err:
+            raise ValueError(f"GAAF: bad parameters {kwargs} for shape {shape!r}: {err}") from None
+    if callable(shape):
+        return CallableShape(shape)
+    raise TypeError(f"GAAF: shape must be a name, a Shape or a callable, got {type(shape).__name__}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Base activations with analytic derivatives
+# --------------------------------------------------------------------------------------------------
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@dataclass(frozen=True)
+class _Base:
+    """phi and phi' of one supported activation, with its parameters baked in."""
+
+    name: str
+    params: tuple = ()
+    fn: Callable[[Tensor], Tensor] = field(compare=False, hash=False, default=None)
+    grad: Callable[[Tensor], Tensor] = field(compare=False, hash=False, default=None)
+
+
+def _tanh_grad(x: Tensor) -> Tensor:
+    t = torch.tanh(x)
+    return 1.0 - t * t
+
+
+def _sigmoid_grad(x: Tensor) -> Tensor:
+    s = torch.sigmoid(x)
+    return s * (1.0 - s)
+
+
+def _relu_grad(x: Tensor) -> Tensor:
+    return (x > 0).to(x.dtype)
+
+
+def _silu_grad(x: Tensor) -> Tensor:
+    s = torch.sigmoid(x)
+    return s * (1.0 + x * (1.0 - s))
+
+
+def _gelu_grad(x: Tensor) -> Tensor:
+    cdf = 0.5 * (1.0 + torch.erf(x * _INV_SQRT_2))
+    return cdf + x * torch.exp(-0.5 * x * x) * _INV_SQRT_2PI
+
+
+def _gelu_tanh_grad(x: Tensor) -> Tensor:
+    inner = _SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)
+    t = torch.tanh(inner)
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
+
+
+def _base_of(module: nn.Module) -> _Base | None:
+    """The analytic description of ``module``, or None when it is not a supported activation."""
+    if isinstance(module, nn.Tanh):
+        return _Base("tanh", (), torch.tanh, _tanh_grad)
+    if isinstance(module, nn.Sigmoid):
+        return _Base("sigmoid", (), torch.sigmoid, _sigmoid_grad)
+    if isinstance(module, nn.ReLU):
+        return _Base("relu", (), torch.relu, _relu_grad)
+    if isinstance(module, nn.LeakyReLU):
+        slope = float(module.negative_slope)
+        return _Base(
+            "leaky_relu",
+            (slope,),
+            lambda x: F.leaky_relu(x, slope),
+            lambda x: torch.where(x > 0, 1.0, slope).to(x.dtype),
+        )
+    if isinstance(module, nn.ELU):
+        alpha = float(module.alpha)
+        return _Base(
+            "elu",
+            (alpha,),
+            lambda x: F.elu(x, alpha),
+            lambda x: torch.where(x > 0, torch.ones_like(x), alpha * torch.exp(torch.clamp(x, max=0.0))),
+        )
+    if isinstance(module, nn.GELU):
+        if module.approximate == "tanh":
+            return _Base("gelu_tanh", (), lambda x: F.gelu(x, approximate="tanh"), _gelu_tanh_grad)
+        return _Base("gelu", (), F.gelu, _gelu_grad)
+    if isinstance(module, nn.SiLU):
+        return _Base("silu", (), F.silu, _silu_grad)
+    if isinstance(module, nn.Hardtanh):  # also ReLU6
+        lo, hi = float(module.min_val), float(module.max_val)
+        return _Base(
+            "hardtanh",
+            (lo, hi),
+            lambda x: F.hardtanh(x, lo, hi),
+            lambda x: ((x > lo) & (x < hi)).to(x.dtype),
+        )
+    if isinstance(module, nn.Softplus):
+        beta, threshold = float(module.beta), float(module.threshold)
+        return _Base(
+            "softplus",
+            (beta, threshold),
+            lambda x: F.softplus(x, beta, threshold),
+            lambda x: torch.where(x * beta > threshold, torch.ones_like(x), torch.sigmoid(x * beta)),
+        )
+    return None
+
+
+#: Activation classes with an analytic (fast) GAAF path. ReLU6 is covered as a Hardtanh.
+SUPPORTED_ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardtanh,
+    nn.Softplus,
+)
+
+_ACTIVATION_NAMES: dict[str, Callable[[], nn.Module]] = {
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "silu": nn.SiLU,
+    "hardtanh": nn.Hardtanh,
+    "relu6": nn.ReLU6,
+    "softplus": nn.Softplus,
+}
+
+_GAUSS_DEFAULT = ("tanh", "sigmoid", "hardtanh")
+
+
+def activation_from_name(name: str) -> nn.Module:
+    """A fresh plain activation module for a name such as ``"tanh"`` or ``"leaky_relu"``."""
+    try:
+        return _ACTIVATION_NAMES[name]()
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {name!r}; known activations: {', '.join(sorted(_ACTIVATION_NAMES))}"
+        ) from None
+
+
+def default_shape_for(base: nn.Module) -> Shape:
+    """Our default shape (not from the paper): gauss(c=3) for tanh-like, shifted_sigmoid otherwise."""
+    spec = _base_of(base)
+    if spec is not None and spec.name in _GAUSS_DEFAULT:
+        return Gauss()
+    if spec is None and isinstance(base, (nn.Tanhshrink, nn.Softsign, nn.Hardsigmoid)):
+        return Gauss()
+    return ShiftedSigmoid()
+
+
+# --------------------------------------------------------------------------------------------------
+# Kernels: forward and backward as pure elementwise functions (what torch.compile fuses)
+# --------------------------------------------------------------------------------------------------
+
+_COMPILE_OVERRIDE: bool | None = None
+
+
+def set_compile(enabled: bool | None) -> None:
+    """Turn kernel fusion with ``torch.compile`` on/off for this process (None: use ``GAAF_COMPILE``)."""
+    global _COMPILE_OVERRIDE
+    _COMPILE_OVERRIDE = enabled
+
+
+def compile_enabled() -> bool:
+    """Whether GAAF kernels are fused with ``torch.compile`` (default on; ``GAAF_COMPILE=0`` = off)."""
+    if _COMPILE_OVERRIDE is not None:
+        return _COMPILE_OVERRIDE
+    return os.environ.get("GAAF_COMPILE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+class _Kernels:
+    """Forward/backward of ``phi + g s`` for one (base, shape, K); optionally compiled, per process."""
+
+    def __init__(self, base: _Base, shape: Shape, K: float | None) -> None:
+        self.base, self.shape, self.K = base, shape, K
+        self._compiled: dict[str, Callable | None] = {}
+        self._fallback_warned = False
+
+    # Eager math. ``x`` is already in the compute dtype.
+    def forward_math(self, x: Tensor, inv_k: float) -> Tensor:
+        y = self.base.fn(x)
+        if self.K is None:
+            return y
+        return y + _sawtooth(x, self.K, inv_k) * self.shape(x)
+
+    def backward_math(self, x: Tensor, grad_out: Tensor, inv_k: float) -> Tensor:
+        s = self.shape(x)
+        d = self.base.grad(x) + s
+        if self.K is not None:
+            d = d + _sawtooth(x, self.K, inv_k) * self.shape.derivative(x, s)
+        return grad_out * d
+
+    def _eager(self, which: str) -> Callable:
+        return self.forward_math if which == "forward" else self.backward_math
+
+    def _compiled_fn(self, which: str, x: Tensor) -> Callable | None:
+        """The compiled kernel for ``which`` on x's device, or None where eager is the right path."""
+        if (
+            not compile_enabled()
+            or isinstance(self.shape, CallableShape)
+            or x.device.type not in ("cpu", "cuda")
+            or torch.compiler.is_compiling()  # inside a user's torch.compile: let it fuse us
+        ):
+            return None
+        key = f"{which}:{x.device.type}"
+        if key not in self._compiled:
+            self._compiled[key] = torch.compile(self._eager(which), dynamic=True, fullgraph=True)
+        return self._compiled[key]
+
+    def _run(self, which: str, *tensors: Tensor, inv_k: float) -> Tensor:
+        flat = [t.reshape(-1) for t in tensors]
+        fn = self._compiled_fn(which, tensors[0])
+        out = None
+        if fn is not None:
+            try:
+                out = fn(*flat, inv_k)
+            except Exception as err:
+                # No C++ compiler, unsupported platform...: fall back to eager for good, once warned.
+                if not self._fallback_warned:
+                    warnings.warn(
+                        f"GAAF: torch.compile failed here ({type(err).__name__}: {str(err)[:200]}); "
+                        "using the eager kernels (set GAAF_COMPILE=0 to skip compilation)",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+                    self._fallback_warned = True
+                self._compiled[f"{which}:{tensors[0].device.type}"] = None
+        if out is None:
+            out = self._eager(which)(*flat, inv_k)
+        return out.view(tensors[0].shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.K is None:
+            return self.base.fn(x)  # exact mode: bit-identical to phi
+        cdt = _compute_dtype(x.dtype)
+        return self._run("forward", x.to(cdt), inv_k=_inverse_k(self.K, cdt)).to(x.dtype)
+
+    def backward(self, x: Tensor, grad_out: Tensor) -> Tensor:
+        cdt = _compute_dtype(x.dtype)
+        inv_k = _inverse_k(self.K, cdt) if self.K is not None else 0.0
+        return self._run("backward", x.to(cdt), grad_out.to(cdt), inv_k=inv_k).to(x.dtype)
+
+
+_KERNEL_CACHE: dict[tuple, _Kernels] = {}
+
+
+def _kernels_for(base: _Base, shape: Shape, K: float | None) -> _Kernels:
+    key = (base, shape, K)
+    kernels = _KERNEL_CACHE.get(key)
+    if kernels is None:
+        kernels = _KERNEL_CACHE[key] = _Kernels(base, shape, K)
+    return kernels
+
+
+class _GAAFFunction(torch.autograd.Function):
+    """Fused ``phi + g s``: saves only ``x``; backward recomputes ``phi' + s + g s'``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, kernels: _Kernels) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.kernels = kernels
+        return kernels.forward(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None]:
+        (x,) = ctx.saved_tensors
+        return ctx.kernels.backward(x, grad_out), None
+
+
+class _GAAFTermFunction(torch.autograd.Function):
+    """Only the GAAF term ``g s`` (generic path: phi goes through its own autograd)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, shape: Shape, K: float | None) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.shape, ctx.K = shape, K
+        if K is None:
+            return torch.zeros_like(x)
+        cdt = _compute_dtype(x.dtype)
+        xc = x.to(cdt)
+        return (_sawtooth(xc, K, _inverse_k(K, cdt)) * shape(xc)).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None, None]:
+        (x,) = ctx.saved_tensors
+        cdt = _compute_dtype(x.dtype)
+        xc = x.to(cdt)
+        s = ctx.shape(xc)
+        d = s
+        if ctx.K is not None:
+            d = d + _sawtooth(xc, ctx.K, _inverse_k(ctx.K, cdt)) * ctx.shape.derivative(xc, s)
+        return (grad_out.to(cdt) * d).to(x.dtype), None, None
+
+
+# --------------------------------------------------------------------------------------------------
+# Functional and module forms
+# --------------------------------------------------------------------------------------------------
+
+
+def _resolve_base(base: str | nn.Module) -> nn.Module:
+    if isinstance(base, str):
+        return activation_from_name(base)
+    if isinstance(base, nn.Module):
+        return base
+    raise TypeError(f"GAAF: base must be an activation name or nn.Module, got {type(base).__name__}")
+
+
+def _apply(x: Tensor, base: nn.Module, spec: _Base | None, shape: Shape, K: float | None) -> Tensor:
+    if spec is not None:
+        kernels = _kernels_for(spec, shape, K)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _GAAFFunction.apply(x, kernels)
+        with torch.no_grad():
+            return kernels.forward(x)
+    # Generic path: the base keeps its own autograd; GAAF never runs in place.
+    phi = base(x.clone() if getattr(base, "inplace", False) else x)
+    return phi + _GAAFTermFunction.apply(x, shape, K)
+
+
+def gaaf(
+    x: Tensor,
+    base: str | nn.Module = "tanh",
+    shape: str | Shape | Callable[[Tensor], Tensor] | None = None,
+    K: float | None = DEFAULT_K,
+    **shape_kwargs: float,
+) -> Tensor:
+    """Functional GAAF: ``phi(x) + g(x) s(x)`` for a base activation given by name or module.
+
+    ``K=None`` is exact mode: the forward is ``phi(x)`` bit for bit and the backward ``phi' + s``.
+    """
+    _check_k(K)
+    base_module = _resolve_base(base)
+    shape_obj = default_shape_for(base_module) if shape is None else make_shape(shape, **shape_kwargs)
+    return _apply(x, base_module, _base_of(base_module), shape_obj, None if K is None else float(K))
+
+
+class GAAF(nn.Module):
+    """Gradient Acceleration in Activation Functions around a plain activation module.
+
+    Args:
+        base: the activation to accelerate (module or name); kept as the child ``base`` so
+            :func:`~lightning_gaaf.surgery.strip_gaaf` can restore it unchanged.
+        shape: shape function name (``gauss``, ``shifted_sigmoid``, ``one``), a :class:`Shape`, or
+            any elementwise callable; None picks our default for the base (see module docstring).
+        K: sawtooth frequency (paper: 10 000); None = exact mode (forward exactly ``phi``).
+        **shape_kwargs: parameters of a named shape, e.g. ``c=3.0`` or ``a=1.0, b=1.0``.
+
+    GAAF never runs in place (it wraps ``ReLU(inplace=True)`` out of place) and adds no parameters
+    or buffers: a base's own parameters keep their ``state_dict`` keys.
+    """
+
+    def __init__(
+        self,
+        base: str | nn.Module,
+        shape: str | Shape | Callable[[Tensor], Tensor] | None = None,
+        K: float | None = DEFAULT_K,
+        **shape_kwargs: float,
+    ) -> None:
+        super().__init__()
+        _check_k(K)
+        self.base = _resolve_base(base)
+        if isinstance(self.base, GAAF):
+            raise ValueError("GAAF: the base is already a GAAF module")
+        self.shape = default_shape_for(self.base) if shape is None else make_shape(shape, **shape_kwargs)
+        self.K = None if K is None else float(K)
+        self._spec = _base_of(self.base)
+        # The base is a child only for repr and restoration: its state keeps the keys it had before.
+        self.register_state_dict_post_hook(_drop_base_prefix)
+        self.register_load_state_dict_pre_hook(_add_base_prefix)
+
+    @property
+    def fused(self) -> bool:
+        """True when the base has an analytic derivative (fast fused path)."""
+        return self._spec is not None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _apply(x, self.base, self._spec, self.shape, self.K)
+
+    def __repr__(self) -> str:
+        base = repr(self.base)
+        if base.endswith("()"):
+            base = base[:-2]
+        k = "None" if self.K is None else f"{self.K:g}" if self.K < 1e6 else repr(self.K)
+        return f"GAAF({base}, shape={self.shape!r}, K={k})"
+
+
+def _drop_base_prefix(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    inner = prefix + "base."
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner) :]] = state_dict.pop(key)
+
+
+def _add_base_prefix(
+    module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any, strict: bool, *args: Any
+) -> None:
+    own = {name for name, _ in module.base.named_parameters()} | {n for n, _ in module.base.named_buffers()}
+    for name in own:
+        key = prefix + name
+        if key in state_dict:
+            state_dict[prefix + "base." + name] = state_dict.pop(key)

@@ -1,0 +1,126 @@
+"""ImageClassifier: cross-entropy training of any backbone, configured from YAML by LightningCLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_gaaf.models.schedulers import CosineAnnealing
+
+
+def _output_units(backbone: nn.Module) -> int | None:
+    """Width of the backbone's last ``nn.Linear`` (its logits for the models in this package)."""
+    last = None
+    for module in backbone.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    return None if last is None else last.out_features
+
+
+class ImageClassifier(pl.LightningModule):
+    """Train ``backbone`` with cross-entropy and log loss and accuracy for train/val/test.
+
+    The optimizer and LR scheduler are injected as callables (LightningCLI's dependency-injection
+    style), so a YAML file chooses them under ``model.optimizer`` / ``model.lr_scheduler``::
+
+        model:
+          backbone: {class_path: lightning_gaaf.models.MLP, init_args: {activation: tanh}}
+          optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.05, momentum: 0.9}}
+          lr_scheduler: {class_path: lightning_gaaf.models.CosineAnnealing}
+
+    Logged keys: ``train/loss`` (per step), ``train/acc``, ``val/loss``, ``val/acc``, ``test/loss``,
+    ``test/acc`` (per epoch, reduced over all ranks).
+
+    Args:
+        backbone: any module mapping a batch of images to logits; GAAF is added later by surgery.
+        num_classes: number of classes; defaults to the width of the backbone's last linear layer.
+        optimizer: ``params -> Optimizer``; ``None`` means SGD(lr=0.01, momentum=0.9).
+        lr_scheduler: ``optimizer -> scheduler``, stepped once per epoch; ``None`` keeps the LR constant.
+            A :class:`~lightning_gaaf.models.CosineAnnealing` without ``max_epochs`` spans ``trainer.max_epochs``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        # The backbone is in the state dict; the resolved YAML (run_dir/config.yaml) records its arguments.
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
+        units = _output_units(backbone)
+        if num_classes is None:
+            if units is None:
+                raise ValueError(
+                    "model.num_classes: cannot infer it from a backbone without nn.Linear; set it"
+                )
+            num_classes = units
+        elif units is not None and units != num_classes:
+            raise ValueError(
+                f"model.num_classes: the data has {num_classes} classes but the backbone's last linear layer "
+                f"has {units} outputs; set the backbone's num_classes to {num_classes}"
+            )
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.train_acc(logits, y)
+        # Per-step loss stays local to each rank: an all-reduce every step would cost more than it tells.
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def _evaluate(
+        self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metric: MulticlassAccuracy
+    ) -> None:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        metric(logits, y)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_acc)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_acc)
+
+    def configure_optimizers(self) -> Any:
+        params = self.parameters()
+        if self.optimizer_factory is None:
+            optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+        else:
+            optimizer = self.optimizer_factory(params)
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        if isinstance(scheduler, CosineAnnealing) and scheduler.max_epochs is None:
+            max_epochs = self.trainer.max_epochs
+            if max_epochs is None or max_epochs < 1:
+                raise ValueError(
+                    "model.lr_scheduler: CosineAnnealing needs max_epochs when trainer.max_epochs is unset"
+                )
+            scheduler.max_epochs = max_epochs
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = getattr(scheduler, "monitor", "val/loss")
+        return {"optimizer": optimizer, "lr_scheduler": config}

@@ -1,0 +1,37 @@
+"""Activation modules by name, so configs say ``activation: tanh`` and every layer gets its own module.
+
+One module instance per layer matters: GAAF surgery and the monitors address activations by their
+qualified module name, so a shared instance would merge all layers into one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "hardtanh": nn.Hardtanh,
+    "softplus": nn.Softplus,
+}
+"""Names accepted by :func:`make_activation`, mapped to plain ``torch.nn`` classes (default arguments)."""
+
+
+def check_activation(name: str, field: str = "activation") -> str:
+    """Return ``name`` if it is a known activation, else raise one ValueError that lists the valid names."""
+    if name not in ACTIVATIONS:
+        valid = ", ".join(ACTIVATIONS)
+        raise ValueError(f"{field}: unknown activation {name!r}; valid names: {valid}")
+    return name
+
+
+def make_activation(name: str) -> nn.Module:
+    """Build a fresh, non-inplace activation module from its registry name (e.g. ``"tanh"``)."""
+    return ACTIVATIONS[check_activation(name)]()

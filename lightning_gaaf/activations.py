@@ -151,7 +151,8 @@ class Gauss(Shape):
         return torch.exp(x * x * self._neg_inv_c)
 
     def derivative(self, x: Tensor, s: Tensor) -> Tensor:
-        return (2.0 * self._neg_inv_c) * x * s
+        # Where s underflows to 0 (|x| large, or infinite: inf * 0 = NaN) the derivative is 0.
+        return torch.where(s > 0, (2.0 * self._neg_inv_c) * x * s, 0.0)
 
 
 class ShiftedSigmoid(Shape):
@@ -305,7 +306,7 @@ def _base_of(module: nn.Module) -> _Base | None:
             "leaky_relu",
             (slope,),
             lambda x: F.leaky_relu(x, slope),
-            lambda x: torch.where(x > 0, 1.0, slope).to(x.dtype),
+            lambda x: torch.where(x > 0, torch.ones_like(x), slope),
         )
     if isinstance(module, nn.ELU):
         alpha = float(module.alpha)

@@ -1,0 +1,330 @@
+"""The GAAF math: gradients, forward bound, dtypes, special values, saved memory, errors."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_gaaf import GAAF, gaaf
+from lightning_gaaf.activations import (
+    SUPPORTED_ACTIVATIONS,
+    Gauss,
+    ShiftedSigmoid,
+    activation_from_name,
+    make_shape,
+    sawtooth,
+    set_compile,
+)
+
+K = 10_000.0
+
+BASES = {
+    "tanh": lambda: nn.Tanh(),
+    "sigmoid": lambda: nn.Sigmoid(),
+    "relu": lambda: nn.ReLU(),
+    "leaky_relu": lambda: nn.LeakyReLU(0.2),
+    "elu": lambda: nn.ELU(0.7),
+    "gelu": lambda: nn.GELU(),
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "silu": lambda: nn.SiLU(),
+    "hardtanh": lambda: nn.Hardtanh(-2.0, 1.5),
+    "relu6": lambda: nn.ReLU6(),
+    "softplus": lambda: nn.Softplus(beta=2.0, threshold=5.0),
+}
+SHAPES = {
+    "gauss": lambda: Gauss(c=2.0),
+    "shifted_sigmoid": lambda: ShiftedSigmoid(a=2.0, b=0.5),
+    "one": lambda: make_shape("one"),
+    "callable": lambda: make_shape(lambda x: 1.0 / (1.0 + x * x)),
+}
+
+
+def tooth_centres(n: int = 48, lo: float = -4.0, hi: float = 4.0) -> torch.Tensor:
+    """Points (m + 0.5)/K, far (in units of gradcheck's eps) from the sawtooth's jumps."""
+    m = torch.linspace(lo * K, hi * K, n, dtype=torch.float64).round()
+    return ((m + 0.5) / K).requires_grad_(True)
+
+
+def naive(x: torch.Tensor, base: nn.Module, shape) -> torch.Tensor:
+    """The paper's formula written with plain autograd ops."""
+    g = (x * K - torch.floor(x * K) - 0.5) / K
+    return base(x) + g * shape(x)
+
+
+@pytest.mark.parametrize("shape_name", sorted(SHAPES))
+@pytest.mark.parametrize("base_name", sorted(BASES))
+def test_gradcheck_and_equal_to_naive_autograd(base_name, shape_name):
+    base, shape = BASES[base_name](), SHAPES[shape_name]()
+    module = GAAF(base, shape=shape, K=K)
+    assert module.fused, "every listed base has an analytic derivative"
+    x = tooth_centres()
+    assert torch.autograd.gradcheck(module, (x,), eps=1e-7, atol=1e-6)
+    (grad,) = torch.autograd.grad(module(x).sum(), x)
+    (expected,) = torch.autograd.grad(naive(x, base, shape).sum(), x)
+    torch.testing.assert_close(grad, expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(module(x), naive(x, base, shape), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape_name", ["gauss", "callable"])
+def test_generic_path_for_other_elementwise_modules(shape_name):
+    base, shape = nn.Softsign(), SHAPES[shape_name]()
+    module = GAAF(base, shape=shape)
+    assert not module.fused
+    x = tooth_centres()
+    assert torch.autograd.gradcheck(module, (x,), eps=1e-7, atol=1e-6)
+    (grad,) = torch.autograd.grad(module(x).sum(), x)
+    (expected,) = torch.autograd.grad(naive(x, base, shape).sum(), x)
+    torch.testing.assert_close(grad, expected)
+
+
+def test_backward_adds_shape_to_base_derivative():
+    x = torch.tensor([-3.0, -1.0, 0.0, 0.3, 2.0, 6.0], dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(GAAF(nn.Tanh())(x).sum(), x)
+    xd = x.detach()
+    phi_prime = 1 - torch.tanh(xd) ** 2
+    s = torch.exp(-(xd**2) / 3.0)
+    # g*s' is below 0.5/K * max|s'| ~ 4e-5: the extra gradient is s itself.
+    torch.testing.assert_close(grad, phi_prime + s, rtol=0, atol=5e-5)
+    assert grad[0] > 5 * phi_prime[0], "in saturation (tanh'(-3) ~ 0.01) the GAAF term dominates"
+
+
+def test_exact_mode_forward_is_bit_identical_and_backward_is_phi_prime_plus_s():
+    x = torch.randn(1000, dtype=torch.float32) * 4
+    x.requires_grad_(True)
+    for base, s_fn, d_fn in [
+        (nn.Tanh(), lambda t: torch.exp(-t * t / 3), lambda t: 1 - torch.tanh(t) ** 2),
+        (nn.ReLU(), lambda t: torch.sigmoid(t + 1), lambda t: (t > 0).float()),
+    ]:
+        module = GAAF(base, K=None)
+        y = module(x)
+        assert torch.equal(y, base(x))
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        torch.testing.assert_close(grad, d_fn(x.detach()) + s_fn(x.detach()))
+
+
+def test_sawtooth_bound_for_all_finite_inputs():
+    x = torch.cat(
+        [
+            torch.randn(100_000) * 10,
+            torch.tensor([1e6, -1e6, 1e-12, -1e-12, 0.0, 3.4e30, -3.4e30, 1e38, -1e38]),
+            torch.linspace(-1e6, 1e6, 10_001),
+        ]
+    )
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        g = sawtooth(x.to(dtype), K)
+        assert g.dtype == torch.promote_types(dtype, torch.float32)
+        assert torch.isfinite(g).all()
+        assert g.abs().max().item() <= 0.5 / K, dtype
+    # Not a constant: the tooth really rises with slope 1 inside one period.
+    xs = torch.tensor([0.10001, 0.100015, 0.10002], dtype=torch.float64)
+    g = sawtooth(xs, K)
+    torch.testing.assert_close(g[1] - g[0], xs[1] - xs[0], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("base_name", ["tanh", "relu", "sigmoid", "gelu"])
+def test_forward_moves_by_at_most_half_over_k_times_shape(base_name):
+    base = BASES[base_name]()
+    module = GAAF(base)
+    x = torch.randn(50_000) * 5
+    diff = (module(x) - base(x)).abs().max().item()
+    max_s = module.shape(x).abs().max().item()
+    assert 0 < diff <= 0.5 / K * max_s + 2e-7  # + float32 rounding of phi
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs(dtype):
+    x = (torch.randn(4096) * 3).to(dtype).requires_grad_(True)
+    module = GAAF(nn.Tanh())
+    y = module(x)
+    assert y.dtype == dtype
+    phi = torch.tanh(x.detach())
+    rounding = torch.finfo(dtype).eps  # |tanh| <= 1: one ulp of phi
+    assert (y.detach().float() - phi.float()).abs().max().item() <= 0.5 / K + rounding
+    (grad,) = torch.autograd.grad(y.float().sum(), x)
+    assert grad.dtype == dtype and torch.isfinite(grad).all()
+    xf = x.detach().float()
+    expected = 1 - torch.tanh(xf) ** 2 + torch.exp(-xf * xf / 3)
+    torch.testing.assert_close(grad.float(), expected, rtol=2e-2, atol=2e-2)
+
+
+def test_autocast_bf16_on_cpu_keeps_gradients_finite():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), GAAF(nn.Tanh()), nn.Linear(64, 10), GAAF(nn.ReLU()))
+    x = torch.randn(16, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        loss = out.float().square().mean()
+    assert out.dtype == torch.bfloat16
+    loss.backward()
+    for p in model.parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+        assert p.grad.abs().sum() > 0
+
+
+def test_nan_propagates_and_infinities_give_what_phi_gives():
+    x = torch.tensor([float("nan"), float("inf"), float("-inf"), 1e36, -1e36, 0.5])
+    for base in (nn.Tanh(), nn.ReLU(), nn.Sigmoid(), nn.ELU(), nn.Softplus()):
+        y = GAAF(base)(x)
+        ref = base(x)
+        assert torch.isnan(y[0]), base
+        torch.testing.assert_close(y[1:5], ref[1:5], rtol=0, atol=0)
+        assert abs(y[5] - ref[5]) <= 0.5 / K
+    xg = x[1:].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(GAAF(nn.Tanh())(xg).sum(), xg)
+    assert torch.isfinite(grad).all()
+    torch.testing.assert_close(grad[:4], torch.zeros(4))
+
+
+def test_never_in_place_even_for_inplace_relu():
+    base = nn.ReLU(inplace=True)
+    module = GAAF(base)
+    x = torch.randn(100)
+    before = x.clone()
+    y = module(x)
+    assert torch.equal(x, before)
+    assert (y < 0).any() or (y >= 0).all()  # a new tensor with GAAF values
+    assert y.data_ptr() != x.data_ptr()
+    assert module.base is base and base.inplace, "the original module is kept for strip_gaaf"
+
+
+def _saved_bytes(fn, x: torch.Tensor) -> int:
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.nelement() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x)
+    return total
+
+
+@pytest.mark.parametrize("base_name", ["tanh", "relu", "gelu", "softplus"])
+def test_fused_function_saves_only_its_input(base_name):
+    base = BASES[base_name]()
+    x = torch.randn(256, 512, requires_grad=True)
+    assert _saved_bytes(GAAF(base), x) == x.nbytes
+    assert _saved_bytes(GAAF(base, K=None), x) == x.nbytes
+    assert _saved_bytes(lambda t: naive(t, base, Gauss()), x) > 2 * x.nbytes
+
+
+def test_no_graph_is_built_without_grad():
+    x = torch.randn(10, requires_grad=True)
+    with torch.no_grad():
+        y = GAAF(nn.Tanh())(x)
+    assert y.grad_fn is None
+    assert _saved_bytes(GAAF(nn.Tanh()), torch.randn(10)) == 0
+
+
+def test_functional_form_matches_module_form():
+    x = torch.randn(1000)
+    torch.testing.assert_close(gaaf(x, "tanh"), GAAF(nn.Tanh())(x), rtol=0, atol=0)
+    torch.testing.assert_close(
+        gaaf(x, nn.LeakyReLU(0.1), shape="shifted_sigmoid", a=3.0, b=0.0),
+        GAAF(nn.LeakyReLU(0.1), shape=ShiftedSigmoid(a=3.0, b=0.0))(x),
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_default_shapes_and_repr():
+    assert repr(GAAF(nn.Tanh())) == "GAAF(Tanh, shape=gauss(c=3.0), K=10000)"
+    assert repr(GAAF("relu", K=None)) == "GAAF(ReLU, shape=shifted_sigmoid(a=1.0, b=1.0), K=None)"
+    assert repr(GAAF(nn.LeakyReLU(0.2), shape="gauss", c=2)).startswith(
+        "GAAF(LeakyReLU(negative_slope=0.2), shape=gauss(c=2.0)"
+    )
+    for cls in SUPPORTED_ACTIVATIONS:
+        module = GAAF(cls())
+        assert module.fused
+        assert type(module.shape) is (Gauss if cls in (nn.Tanh, nn.Sigmoid, nn.Hardtanh) else ShiftedSigmoid)
+    # Shape values the docs promise.
+    assert Gauss()(torch.tensor(0.0)) == 1 and math.isclose(
+        Gauss()(torch.tensor(3.0)).item(), math.exp(-3.0), rel_tol=1e-6
+    )
+    assert math.isclose(ShiftedSigmoid()(torch.tensor(-1.0)).item(), 0.5)
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="K must be a positive"):
+        GAAF(nn.Tanh(), K=0)
+    with pytest.raises(ValueError, match="K must be a positive"):
+        GAAF(nn.Tanh(), K=-5)
+    with pytest.raises(ValueError, match="K must be a positive"):
+        gaaf(torch.zeros(1), K=float("nan"))
+    with pytest.raises(ValueError, match=r"unknown shape 'gaus'.*gauss, one, shifted_sigmoid"):
+        GAAF(nn.Tanh(), shape="gaus")
+    with pytest.raises(ValueError, match="bad parameters"):
+        GAAF(nn.Tanh(), shape="gauss", width=2)
+    with pytest.raises(ValueError, match="c must be > 0"):
+        Gauss(c=0)
+    with pytest.raises(ValueError, match=r"unknown activation 'tanhh'.*tanh"):
+        activation_from_name("tanhh")
+    with pytest.raises(ValueError, match="already a GAAF"):
+        GAAF(GAAF(nn.Tanh()))
+
+
+def test_base_parameters_keep_their_state_dict_keys():
+    model = nn.Sequential(nn.Linear(3, 3), nn.PReLU(3))
+    keys = list(model.state_dict())
+    model[1] = GAAF(model[1], shape="gauss")
+    assert list(model.state_dict()) == keys
+    other = nn.Sequential(nn.Linear(3, 3), GAAF(nn.PReLU(3), shape="gauss"))
+    other.load_state_dict(model.state_dict())
+    torch.testing.assert_close(other[1].base.weight, model[1].base.weight)
+
+
+def test_compiled_kernels_match_eager():
+    """The fused (torch.compile) path computes the same values as the eager path."""
+    x = (torch.randn(3, 1000) * 3).requires_grad_(True)
+    results = {}
+    for compiled in (False, True):
+        set_compile(compiled)
+        try:
+            for name in ("tanh", "relu"):
+                module = GAAF(name)
+                y = module(x)
+                (grad,) = torch.autograd.grad((y * torch.linspace(0.5, 1.5, 1000)).sum(), x)
+                results[(compiled, name)] = (y.detach(), grad)
+        finally:
+            set_compile(None)
+    for name in ("tanh", "relu"):
+        torch.testing.assert_close(results[(True, name)][0], results[(False, name)][0], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(results[(True, name)][1], results[(False, name)][1], rtol=1e-5, atol=1e-5)
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    def broken_compile(*args, **kwargs):
+        def run(*a, **k):
+            raise RuntimeError("no C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    set_compile(True)
+    try:
+        x = torch.randn(100)
+        module = GAAF(nn.Tanh(), shape="gauss", c=1.2345)  # fresh kernel cache entry
+        with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+            y = module(x)
+        torch.testing.assert_close(y, naive(x.double(), nn.Tanh(), Gauss(c=1.2345)).float())
+    finally:
+        set_compile(None)
+
+
+def test_gaaf_changes_training_direction_only_slightly_in_forward():
+    """F.tanh and GAAF(tanh) give the same predictions but different weight gradients."""
+    torch.manual_seed(0)
+    lin = nn.Linear(20, 20)
+    with torch.no_grad():
+        lin.weight.mul_(5)  # push nets into saturation
+    x = torch.randn(64, 20)
+    out_plain = torch.tanh(lin(x))
+    out_gaaf = GAAF(nn.Tanh())(lin(x))
+    assert (out_plain - out_gaaf).abs().max() <= 0.5 / K
+    (g_plain,) = torch.autograd.grad(out_plain.sum(), lin.weight)
+    (g_gaaf,) = torch.autograd.grad(out_gaaf.sum(), lin.weight)
+    assert g_gaaf.abs().mean() > 1.2 * g_plain.abs().mean()
+    assert F.cosine_similarity(g_plain.flatten(), g_gaaf.flatten(), dim=0) < 0.999

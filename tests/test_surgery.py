@@ -1,0 +1,227 @@
+"""apply_gaaf / strip_gaaf: counts, names, shared modules, functional calls, round trips, refusals."""
+
+import os
+import socket
+import warnings
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_gaaf import GAAF, apply_gaaf, strip_gaaf
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return F.relu(self.lin(x)) + torch.tanh(x).sigmoid()
+
+
+class Nested(nn.Module):
+    """Sequential, ModuleList, ModuleDict, a module shared by two parents, functional calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Tanh()
+        self.seq = nn.Sequential(nn.Linear(8, 8), self.shared, nn.Linear(8, 8), nn.ReLU(inplace=True))
+        self.blocks = nn.ModuleList([nn.Linear(8, 8), self.shared, Block()])
+        self.heads = nn.ModuleDict({"act": nn.GELU(), "out": nn.Linear(8, 3)})
+
+    def forward(self, x):
+        x = self.seq(x)
+        x = self.blocks[1](self.blocks[0](x))
+        x = self.blocks[2](x)
+        return F.leaky_relu(self.heads["out"](self.heads["act"](x)), 0.3)
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return Nested()
+
+
+def test_module_surgery_counts_names_and_shared_module():
+    model = make_model()
+    report = apply_gaaf(model)
+    assert set(report) == {"shared", "seq.1", "blocks.1", "seq.3", "heads.act"}
+    assert report.count == 3  # the shared Tanh is wrapped once
+    assert report["shared"].new is report["seq.1"].new is report["blocks.1"].new
+    assert model.shared is model.seq[1] is model.blocks[1]
+    assert isinstance(model.shared, GAAF) and isinstance(model.shared.base, nn.Tanh)
+    assert set(report.shared["seq.1"]) == {"shared", "blocks.1"}
+    assert "shared with" in report.summary()
+    assert isinstance(model.seq[3], GAAF) and isinstance(model.heads["act"], GAAF)
+    assert not any(isinstance(m, GAAF) for m in model.blocks[2].modules()), "functional off by default"
+
+
+def test_functional_calls_are_rewritten_with_fx():
+    model = make_model()
+    x = torch.randn(5, 8)
+    reference = model(x)
+    report = apply_gaaf(model, functional=True)
+    assert set(report.functional) == {"blocks.2.relu", "blocks.2.tanh", "blocks.2.sigmoid", "leaky_relu"}
+    assert isinstance(report["leaky_relu"].new.base, nn.LeakyReLU)
+    assert report["leaky_relu"].new.base.negative_slope == 0.3
+    gaaf_modules = [m for m in model.modules() if isinstance(m, GAAF)]
+    assert len(gaaf_modules) == 3 + 4
+    out = model(x)
+    assert (out - reference).abs().max() < 1e-3
+    assert not torch.equal(out, reference), "the functional activations now carry the GAAF term"
+    # The gradient flows through the new modules: a GAAF backward differs from the plain one.
+    plain = make_model()
+    x.requires_grad_(True)
+    (g_gaaf,) = torch.autograd.grad(model(x).sum(), x)
+    (g_plain,) = torch.autograd.grad(plain(x).sum(), x)
+    assert (g_gaaf - g_plain).abs().max() > 1e-2
+
+
+def test_strip_round_trip_restores_classes_keys_and_outputs():
+    model = make_model()
+    originals = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Tanh, nn.ReLU, nn.GELU))}
+    keys = list(model.state_dict())
+    params = [id(p) for p in model.parameters()]
+    x = torch.randn(4, 8)
+    before = model(x)
+
+    apply_gaaf(model, functional=True)
+    assert list(model.state_dict()) == keys, "GAAF adds no parameters or buffers"
+    assert [id(p) for p in model.parameters()] == params, "optimizer params stay valid"
+    report = strip_gaaf(model)
+    assert len(report) == 5 + 4
+    assert not any(isinstance(m, GAAF) for m in model.modules())
+    for name, module in originals.items():
+        assert model.get_submodule(name) is module
+    assert model.seq[3].inplace is True
+    assert list(model.state_dict()) == keys
+    assert torch.equal(model(x), before)
+    # Checkpoints move freely between GAAF and plain models.
+    gaaf_model = make_model()
+    apply_gaaf(gaaf_model)
+    gaaf_model.load_state_dict(model.state_dict())
+    model.load_state_dict(gaaf_model.state_dict())
+
+
+def test_second_apply_changes_nothing_and_warns():
+    model = make_model()
+    apply_gaaf(model, functional=True)
+    structure = repr(model)
+    with pytest.warns(UserWarning, match="already has 7 GAAF module"):
+        report = apply_gaaf(model, functional=True)
+    assert len(report) == 0
+    assert repr(model) == structure
+
+
+def test_include_exclude_and_targets():
+    model = make_model()
+    report = apply_gaaf(model, include="seq.*", exclude=["seq.3"])
+    assert set(report) == {"seq.1"}
+    # Selection is by qualified name: the other places of the shared Tanh keep the plain module,
+    # and the report says where else it was registered.
+    assert isinstance(model.seq[1], GAAF) and model.blocks[1] is model.shared is model.seq[1].base
+    assert set(report.shared["seq.1"]) == {"shared", "blocks.1"}
+
+    model = make_model()
+    assert set(apply_gaaf(model, targets=["relu", "gelu"])) == {"seq.3", "heads.act"}
+    model = make_model()
+    assert set(apply_gaaf(model, targets=[nn.Tanh])) == {"shared", "seq.1", "blocks.1"}
+    model = make_model()
+    assert set(apply_gaaf(model, targets="torch.nn.GELU")) == {"heads.act"}
+
+
+def test_options_reach_the_modules():
+    model = make_model()
+    apply_gaaf(model, K=500, shape="gauss", shape_kwargs={"c": 1.5})
+    assert model.seq[3].K == 500 and repr(model.seq[3].shape) == "gauss(c=1.5)"
+    model = make_model()
+    apply_gaaf(model, K=None)
+    x = torch.randn(4, 8)
+    assert torch.equal(model(x), strip_gaaf(model) and model(x)), "exact mode: identical forward"
+
+
+def test_keeps_device_and_dtype():
+    model = make_model().double()
+    apply_gaaf(model)
+    out = model(torch.randn(2, 8, dtype=torch.float64))
+    assert out.dtype == torch.float64
+    assert {p.device for p in model.parameters()} == {torch.device("cpu")}
+
+
+def test_torchvision_resnet_block_reuses_its_relu():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    before = model(x)
+    report = apply_gaaf(model)
+    # one stem relu + one relu per BasicBlock (called twice inside its forward)
+    assert report.count == len(report) == 1 + 8
+    assert isinstance(model.layer1[0].relu, GAAF)
+    after = model(x)
+    assert after.shape == (2, 10)
+    assert (after - before).abs().max() < 1e-2
+    strip_gaaf(model)
+    assert torch.equal(model(x), before)
+
+
+def test_clear_errors_for_bad_options():
+    with pytest.raises(ValueError, match=r"unknown target 'tanhh'.*tanh"):
+        apply_gaaf(make_model(), targets=["tanhh"])
+    with pytest.raises(ValueError, match="unknown target 'nowhere.Thing'"):
+        apply_gaaf(make_model(), targets=["nowhere.Thing"])
+    with pytest.raises(ValueError, match="K must be a positive"):
+        apply_gaaf(make_model(), K=0)
+    with pytest.raises(ValueError, match="unknown shape 'sawtooth'"):
+        apply_gaaf(make_model(), shape="sawtooth")
+    with pytest.warns(UserWarning, match="no activation matched"):
+        apply_gaaf(nn.Linear(2, 2))
+
+
+class Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace this
+            return torch.tanh(self.lin(x))
+        return x
+
+
+def test_untraceable_module_is_named_in_the_error():
+    model = nn.Sequential(nn.Linear(4, 4), Untraceable())
+    with pytest.raises(RuntimeError, match=r"could not trace module '1' \(Untraceable\)"):
+        apply_gaaf(model, functional=True)
+    # Without functional rewriting the module is simply left alone.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert len(apply_gaaf(model)) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_wrapped_model_is_refused():
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(_free_port())
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        wrapped = nn.parallel.DistributedDataParallel(make_model())
+        with pytest.raises(TypeError, match="wrapped in DistributedDataParallel; apply GAAF surgery"):
+            apply_gaaf(wrapped)
+        with pytest.raises(TypeError, match="before wrapping"):
+            strip_gaaf(wrapped)
+        # The documented route: surgery on the bare module, then wrap.
+        bare = make_model()
+        apply_gaaf(bare)
+        wrapped = nn.parallel.DistributedDataParallel(bare)
+        wrapped(torch.randn(2, 8)).sum().backward()
+        assert bare.seq[0].weight.grad is not None
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,195 @@
+"""NetVariance: how much dropout shakes each node's net (paper Table 3)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.seed import isolate_rng
+from torch import Tensor, nn
+
+from lightning_gaaf.callbacks import plots
+from lightning_gaaf.callbacks._utils import (
+    HookSet,
+    activation_modules,
+    all_reduce_sum,
+    check_include,
+    check_interval,
+    is_log_step,
+    log_images,
+    log_step,
+    log_summary,
+    model_input,
+    report_dir,
+    require_layers,
+    stats_dir,
+    write_json,
+)
+
+
+class _RepeatVariance:
+    """Per-node variance of one module's nets over repeated forwards.
+
+    Sums are shifted by the first repeat (exact zeros without randomness, no cancellation). A module
+    called several times per forward (a shared ``nn.ReLU``) keeps one state per call position.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[list[Tensor]] = []  # per call position: [first, sum of d, sum of d^2]
+        self.repeats = 0
+        self._position = 0
+
+    def start_repeat(self) -> None:
+        self.repeats += 1
+        self._position = 0
+
+    def add(self, net: Tensor) -> None:
+        z = net.detach().float()
+        if self._position == len(self.calls):
+            self.calls.append([z.clone(), torch.zeros_like(z), torch.zeros_like(z)])
+        else:
+            first, s1, s2 = self.calls[self._position]
+            d = z - first
+            s1.add_(d)
+            s2.addcmul_(d, d)
+        self._position += 1
+
+    def sum_and_count(self, device: torch.device) -> Tensor:
+        """``[sum over nodes and samples of the unbiased variance, number of nodes x samples]``."""
+        out = torch.zeros(2, dtype=torch.float64, device=device)
+        if self.repeats < 2:
+            return out
+        for _, s1, s2 in self.calls:
+            var = (s2 - s1 * s1 / self.repeats) / (self.repeats - 1)
+            out[0] += var.clamp_min(0).sum(dtype=torch.float64)
+            out[1] += var.numel()
+        return out
+
+
+class NetVariance(Callback):
+    """Variance of each node's net over repeated dropout masks, averaged per layer.
+
+    Every ``every_n_steps`` optimizer steps, before the training forward, the current batch is run
+    ``repeats`` more times in train mode under ``no_grad``, each time with fresh dropout masks. Forward
+    pre-hooks on the activation modules record every node's net (the activation's input) and the
+    unbiased variance over the repeats is averaged over nodes and samples (summed across DDP ranks
+    before dividing). The extra forwards change nothing in training:
+
+    * the RNG states (torch CPU and CUDA, numpy, Python) are restored afterwards, so the training
+      forward draws exactly the masks it would have drawn without this callback;
+    * all module buffers (BatchNorm running statistics, ``num_batches_tracked``) are saved and
+      restored: BatchNorm stays in train mode during the probes (normalising with batch statistics
+      as the training forward does) but its running statistics are not moved by them.
+
+    Without dropout (or other randomness) the variance is exactly zero.
+
+    Args:
+        every_n_steps: probe every N optimizer steps.
+        repeats: forwards per probe (at least 2).
+        include: qualified-name globs of the modules whose input is the net (None: all GAAF /
+            supported activation modules).
+
+    Logged on rank 0: ``gaaf/net_var/<layer>``. At the end of fit: the mean over probes as
+    ``gaaf/net_var_mean/<layer>`` in the run summary, ``<run_dir>/stats/net_var.json`` and
+    ``<run_dir>/report/net_var.png``.
+    """
+
+    def __init__(self, every_n_steps: int = 100, repeats: int = 20, include: list[str] | None = None) -> None:
+        owner = type(self).__name__
+        self.every_n_steps = check_interval(owner, "every_n_steps", every_n_steps, allow_none=False)
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
+            raise ValueError(
+                f"{owner}: repeats must be an integer >= 2 (a variance needs two samples), got {repeats!r}"
+            )
+        self.repeats = repeats
+        self.include = check_include(owner, include)
+        self._layers: dict[str, nn.Module] = {}
+        self.steps: list[int] = []
+        self.history: dict[str, list[float]] = {}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._layers = activation_modules(pl_module, self.include)
+        require_layers(type(self).__name__, self._layers, "activation modules")
+        for name in self._layers:
+            self.history.setdefault(name, [math.nan] * len(self.steps))
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if (
+            not self._layers
+            or not is_log_step(step, self.every_n_steps)
+            or (self.steps and self.steps[-1] == step)
+        ):
+            return
+        values = self.probe(trainer, pl_module, batch)
+        self.steps.append(step)
+        for name, value in values.items():
+            self.history[name].append(value)
+        log_step(trainer, {f"gaaf/net_var/{name}": v for name, v in values.items()}, step)
+
+    def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> dict[str, float]:
+        """Mean per-node net variance of each layer over ``repeats`` forwards of ``batch``."""
+        names = list(self._layers)
+        trackers = [_RepeatVariance() for _ in names]
+        hooks = HookSet()
+        for tracker, name in zip(trackers, names, strict=True):
+            hooks.add(self._layers[name].register_forward_pre_hook(_recorder(tracker)))
+        buffers = [b.detach().clone() for b in pl_module.buffers()]
+        x = model_input(batch)
+        try:
+            with isolate_rng(), torch.no_grad():
+                for _ in range(self.repeats):
+                    for tracker in trackers:
+                        tracker.start_repeat()
+                    with trainer.precision_plugin.forward_context():
+                        pl_module(x)
+        finally:
+            hooks.remove()
+            with torch.no_grad():
+                for saved, buf in zip(buffers, pl_module.buffers(), strict=True):
+                    buf.copy_(saved)
+        rows = [t.sum_and_count(pl_module.device) for t in trackers]
+        totals = all_reduce_sum(trainer, torch.stack(rows)).cpu().tolist()  # one collective, one transfer
+        return {name: s / c if c else math.nan for name, (s, c) in zip(names, totals, strict=True)}
+
+    def summary(self) -> dict[str, float]:
+        out = {}
+        for name, values in self.history.items():
+            finite = [v for v in values if math.isfinite(v)]
+            out[name] = sum(finite) / len(finite) if finite else math.nan
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """The format of ``stats/net_var.json``."""
+        return {
+            "statistic": "net_var",
+            "definition": "per-node variance of the net over repeated dropout masks, mean over nodes and samples",
+            "every_n_steps": self.every_n_steps,
+            "repeats": self.repeats,
+            "steps": list(self.steps),
+            "layers": {name: list(values) for name, values in self.history.items()},
+            "summary": self.summary(),
+        }
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        stats = self.stats()
+        write_json(stats_dir(trainer) / "net_var.json", stats)
+        log_summary(trainer, {f"gaaf/net_var_mean/{name}": v for name, v in stats["summary"].items()})
+        if self.steps:
+            path = plots.plot_net_var([("", stats)], report_dir(trainer) / "net_var.png")
+            log_images(trainer, {"gaaf/report/net_var": path})
+
+
+def _recorder(tracker: _RepeatVariance):
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        if args and isinstance(args[0], Tensor):
+            tracker.add(args[0])
+
+    return hook

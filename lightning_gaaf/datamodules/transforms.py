@@ -10,6 +10,7 @@ augmentation reproducible, and under DDP every rank draws its own offsets from i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -25,10 +26,19 @@ def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Te
         )
     if images.dim() != 4 or images.shape[1] != len(mean):
         raise ValueError(f"expected an image batch (N, {len(mean)}, H, W), got shape {tuple(images.shape)}")
-    std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    # One fused multiply-add: x * 1/(255 std) - mean/std.
-    return torch.addcmul(-mean_t / std_t, images.to(torch.float32), 1.0 / (255.0 * std_t))
+    out = images.to(torch.float32)
+    if len(mean) == 1:  # scalar fast path (MNIST-like); in place to avoid extra full-size temporaries
+        return out.mul_(1.0 / (255.0 * std[0])).add_(-mean[0] / std[0])
+    scale, shift = _affine(tuple(mean), tuple(std), images.device)
+    return out.mul_(scale).add_(shift)
+
+
+@functools.lru_cache(maxsize=32)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Per-channel scale and shift, created once per device (no host-to-device copy per batch)."""
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=device).view(1, -1, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], device=device).view(1, -1, 1, 1)
+    return scale, shift
 
 
 def random_crop_flip(

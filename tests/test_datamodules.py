@@ -184,6 +184,17 @@ def test_batches_are_gathered_with_one_getitems_call(synthetic_root: Path, monke
     assert torch.equal(val_labels, dm.val_dataset.labels)  # validation order is fixed
 
 
+def test_worker_processes_serve_the_same_batches(synthetic_root: Path):
+    dm = _dm("svhn", synthetic_root, batch_size=50, num_workers=2)
+    dm.setup("test")
+    loader = dm.test_dataloader()
+    assert loader.num_workers == 2 and loader.persistent_workers
+    batches = list(loader)
+    assert [len(y) for _, y in batches] == [50, 10]
+    assert torch.equal(torch.cat([x for x, _ in batches]), dm.test_dataset.images)
+    assert torch.equal(torch.cat([y for _, y in batches]), dm.test_dataset.labels)
+
+
 def test_lightning_swaps_in_a_distributed_sampler(synthetic_root: Path):
     dm = _dm("mnist", synthetic_root, batch_size=16)
     dm.setup("fit")
@@ -382,6 +393,7 @@ def test_missing_files_raise_one_clear_error(
     if download:
         assert attempts, "download=True must try to download missing files"
         assert "downloading failed" in msg and "data.download=true" not in msg
+        assert "Temporary failure in name resolution" in msg  # the reason, without torchvision's traceback
     else:
         assert attempts == []
         assert "download is disabled (data.download=false)" in msg and "data.download=true" in msg

@@ -184,7 +184,7 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         return DatasetNotFoundError(
             f"{self.display_name} dataset not found in {directory}: missing {files}; {reason}. "
             f"Set data.root (or the {DATA_DIR_ENV} environment variable) to the directory that holds "
-            f"{self._dataset_dir().relative_to(self.root).as_posix()}/ in torchvision's layout{hint}."
+            f"{self._dataset_dir().relative_to(self.root).as_posix()}/{hint}."
         )
 
     def prepare_data(self) -> None:
@@ -197,8 +197,9 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         try:
             self._download()
         except Exception as exc:  # offline, HTTP error, bad archive: one clear message instead
-            detail = str(exc).strip().splitlines()
-            reason = f"downloading failed ({type(exc).__name__}: {detail[0] if detail else 'no detail'})"
+            detail = " ".join(str(exc).split()) or "no detail"
+            detail = detail if len(detail) <= 300 else detail[:297] + "..."
+            reason = f"downloading failed ({type(exc).__name__}: {detail})"
             raise self._not_found(missing, reason) from None
         missing = self.missing_files()
         if missing:

@@ -334,7 +334,7 @@ def _print_run_dir(run_dir: Path | None, trainer: Trainer) -> None:
         return
     ckpt = trainer.checkpoint_callback
     best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
-    print(f"{PROG}: run directory: {run_dir}")
+    print(f"{PROG}: run directory: {run_dir.absolute()}")
     if best:
         print(f"{PROG}: best checkpoint: {best}")
 

@@ -32,7 +32,7 @@ from lightning_gaaf.callbacks._utils import (
     wandb_runs,
     write_json,
 )
-from lightning_gaaf.callbacks.thresholds import Interval, resolve_intervals
+from lightning_gaaf.callbacks.thresholds import Interval, check_override, resolve_intervals
 
 _FIELDS = ("count", "sum", "sumsq", "saturated", "below", "above")
 _N = len(_FIELDS)
@@ -206,6 +206,8 @@ class SaturationMonitor(Callback):
         self.bins = bins
         self.range = (lo, hi)
         self.thresholds = dict(thresholds or {})
+        for key, value in self.thresholds.items():
+            check_override(key, value)
         self.on_fit_end_split = on_fit_end_split
         self.edges = np.linspace(lo, hi, bins + 1)
 
@@ -232,7 +234,7 @@ class SaturationMonitor(Callback):
         self._acc = self._accumulator(pl_module.device)
         for name in self._layers:
             self.history.setdefault(
-                name, {k: [] for k in ("saturation", "mean", "std", "below", "above", "hist")}
+                name, {k: [] for k in ("count", "saturation", "mean", "std", "below", "above", "hist")}
             )
 
     def _accumulator(self, device: torch.device) -> NetAccumulator:

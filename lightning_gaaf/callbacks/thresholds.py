@@ -103,7 +103,8 @@ def saturation_intervals(activation: nn.Module, ratio: float = SATURATION_RATIO)
     return intervals
 
 
-def _check_override(key: str, value: object) -> list[Interval]:
+def check_override(key: str, value: object) -> list[Interval]:
+    """Intervals of a user threshold: ``t`` -> ``|z| > t``; ``(lo, hi)`` -> ``z < lo`` or ``z > hi``."""
     if isinstance(value, bool):
         value = None  # caught below
     if isinstance(value, (int, float)):
@@ -130,7 +131,7 @@ def resolve_intervals(
     """Saturation intervals per layer: an override matched by layer-name glob or class name of the
     plain activation, else the computed rule. None when neither works (saturation then reads NaN)."""
     overrides = dict(overrides or {})
-    checked = {key: _check_override(key, value) for key, value in overrides.items()}
+    checked = {key: check_override(key, value) for key, value in overrides.items()}
     cache: dict[tuple, list[Interval] | None] = {}
     result: dict[str, list[Interval] | None] = {}
     for name, module in layers.items():

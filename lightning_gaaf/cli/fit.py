@@ -139,7 +139,10 @@ def expand_config_args(argv: Sequence[str]) -> list[str]:
 
 
 def config_name(argv: Sequence[str]) -> str:
-    """Stem of the last config file on the command line (the experiment's name), else ``gaaf-fit``."""
+    """Stem of the last config file on the command line (the experiment's name), else ``gaaf-fit``.
+
+    A run's saved ``<name>/version_N/config.yaml`` keeps the name ``<name>``.
+    """
     name = PROG
     for i, arg in enumerate(argv):
         value = None
@@ -148,7 +151,10 @@ def config_name(argv: Sequence[str]) -> str:
         elif arg.startswith("--config="):
             value = arg.split("=", 1)[1]
         if value is not None and Path(value).is_file():
-            name = Path(value).stem
+            path = Path(value).absolute()
+            name = path.stem
+            if name == "config" and re.fullmatch(r"version_\d+", path.parent.name):
+                name = path.parent.parent.name
     return name
 
 
@@ -190,8 +196,16 @@ class SaveRunConfig(SaveConfigCallback):
         if trainer.is_global_zero:
             run_dir = Path(trainer.default_root_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
+            config = self.config.clone()
+            # The file describes the experiment, not where it ran: re-running it starts a new version.
+            config["run_dir"] = None
+            config["trainer.default_root_dir"] = None
+            if isinstance(config.get("trainer.logger"), Namespace) and "save_dir" in (
+                config["trainer.logger"].get("init_args") or {}
+            ):
+                config["trainer.logger.init_args.save_dir"] = None
             self.parser.save(
-                self.config,
+                config,
                 str(run_dir / self.config_filename),
                 skip_none=False,
                 overwrite=True,
@@ -276,6 +290,15 @@ class GaafCLI(LightningCLI):
                 init["name"] = self.name
             logger["init_args"] = init
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except BaseException:
+            # Do not leave an empty version directory behind for a run that never started.
+            if self.run_dir is not None and self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
+                self.run_dir.rmdir()
+            raise
+
     def _resolve_run_dir(self, default_root_dir: str | None) -> Path:
         inherited = os.environ.get(RUN_DIR_ENV)
         if inherited:  # a DDP worker process: use rank 0's directory
@@ -288,7 +311,6 @@ class GaafCLI(LightningCLI):
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 fail("run_dir: set --run_dir when an external launcher starts several processes")
             run_dir = next_run_dir(Path(RUNS_DIR) / self.name)
-        os.environ[RUN_DIR_ENV] = str(run_dir)
         return run_dir
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -357,6 +379,8 @@ def main(args: Sequence[str] | None = None) -> None:
     try:
         cli = GaafCLI(args=args)
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
+        if cli.run_dir is not None:  # DDP worker processes inherit the environment at launch
+            os.environ[RUN_DIR_ENV] = str(cli.run_dir)
         trainer.fit(model, datamodule=data)
         ckpt = trainer.checkpoint_callback
         best = "best" if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path else None

@@ -68,7 +68,8 @@ class TinyModule(pl.LightningModule):
 
 
 class TinyData(pl.LightningDataModule):
-    """Deterministic Gaussian data; ``scale`` multiplies inputs on the device (like normalisation)."""
+    """Deterministic Gaussian data. On the device every batch is multiplied by ``scale`` (like
+    normalisation) and training batches also get ``+ train_shift`` (like augmentation)."""
 
     def __init__(
         self,
@@ -78,11 +79,12 @@ class TinyData(pl.LightningDataModule):
         classes: int = 3,
         batch_size: int = 8,
         scale: float = 1.0,
+        train_shift: float = 0.0,
         seed: int = 0,
     ) -> None:
         super().__init__()
         self.n_train, self.n_test, self.dim, self.classes = n_train, n_test, dim, classes
-        self.batch_size, self.scale, self.seed = batch_size, scale, seed
+        self.batch_size, self.scale, self.train_shift, self.seed = batch_size, scale, train_shift, seed
         self.test_setups = 0
         g = torch.Generator().manual_seed(seed)
         self.x_train = torch.randn(n_train, dim, generator=g)
@@ -116,7 +118,10 @@ class TinyData(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
         x, y = batch
-        return x * self.scale, y
+        x = x * self.scale
+        if self.trainer is not None and self.trainer.training:
+            x = x + self.train_shift
+        return x, y
 
 
 def trainer(root: Path, callbacks, max_steps: int = 4, logger=False, **kwargs) -> pl.Trainer:

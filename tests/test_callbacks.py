@@ -195,10 +195,10 @@ def test_saturation_stats_match_numpy_on_known_nets(tmp_path, gaaf):
     if gaaf:
         apply_gaaf(backbone)
         assert isinstance(backbone[1], GAAF) and isinstance(backbone[3], GAAF)
-    data = TinyData(dim=3, classes=2, batch_size=16, n_train=32, scale=3.0)
+    data = TinyData(dim=3, classes=2, batch_size=16, n_train=32, scale=3.0, train_shift=0.5)
     monitor = SaturationMonitor(log_every_n_steps=1, bins=12, range=(-2.5, 2.5))
     model = TinyModule(backbone, lr=0.05)
-    x0 = data.x_train[:16] * 3.0  # the datamodule scales on the device
+    x0 = data.x_train[:16] * 3.0 + 0.5  # what the datamodule makes of training batches on the device
     z1, z2 = nets_by_hand(backbone, x0)  # step 0 runs with the initial weights
     trainer(tmp_path, [monitor], max_steps=2).fit(model, datamodule=data)
 
@@ -211,7 +211,9 @@ def test_saturation_stats_match_numpy_on_known_nets(tmp_path, gaaf):
     assert_stats(step_stats(monitor, "backbone.1", 0), want1)
     assert_stats(step_stats(monitor, "backbone.3", 0), want2)
 
-    # End of fit: the whole test set through the datamodule's transfer hooks, final weights, eval mode.
+    # End of fit: the whole test set through the datamodule's transfer hooks as in testing (no
+    # training shift), final weights, eval mode; the model is back in train mode afterwards.
+    assert model.training and backbone[1].training
     assert data.test_setups == 1
     t1, t2 = nets_by_hand(backbone, data.x_test * 3.0)
     ev = monitor.eval_stats
@@ -255,13 +257,12 @@ def test_hooks_only_on_logging_steps(tmp_path):
             return super().training_step(batch, batch_idx)
 
     model = Probe(mlp(hidden=(8, 8), act=nn.ReLU, dropout=0.2))
-    callbacks = [
-        SaturationMonitor(log_every_n_steps=2),
-        NetVariance(every_n_steps=1, repeats=2),
-        NodeCorrelation(),
-    ]
-    trainer(tmp_path, callbacks, max_steps=5).fit(model, datamodule=TinyData())
+    saturation = SaturationMonitor(log_every_n_steps=2)
+    callbacks = [saturation, NetVariance(every_n_steps=1, repeats=3), NodeCorrelation()]
+    trainer(tmp_path, callbacks, max_steps=5).fit(model, datamodule=TinyData(batch_size=8))
     assert seen == [0, 2, 0, 2, 0]  # one pre-hook per activation on steps 1 and 3 only
+    # NetVariance's probe forwards on the same steps are not counted as training nets.
+    assert saturation.history["backbone.1"]["count"] == [8 * 8, 8 * 8]
     leftovers = [m for m in model.modules() if m._forward_pre_hooks or m._forward_hooks]
     assert leftovers == []
 

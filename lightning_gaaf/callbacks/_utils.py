@@ -230,6 +230,23 @@ class HookSet:
         return bool(self.handles)
 
 
+_EXTRA_FORWARDS = [0]
+
+
+@contextmanager
+def extra_forwards() -> Iterator[None]:
+    """Mark forwards a monitor adds itself (NetVariance probes): training-step statistics skip them."""
+    _EXTRA_FORWARDS[0] += 1
+    try:
+        yield
+    finally:
+        _EXTRA_FORWARDS[0] -= 1
+
+
+def in_extra_forward() -> bool:
+    return _EXTRA_FORWARDS[0] > 0
+
+
 # ----------------------------------------------------------------------------------------------
 # Running the model outside the loops
 # ----------------------------------------------------------------------------------------------

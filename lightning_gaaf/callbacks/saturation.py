@@ -21,6 +21,7 @@ from lightning_gaaf.callbacks._utils import (
     check_include,
     check_interval,
     evaluation_pass,
+    in_extra_forward,
     is_log_step,
     log_images,
     log_step,
@@ -85,18 +86,19 @@ class NetAccumulator:
         row[3:6] += counts.double()
         row[_N:] += torch.histc(z, bins=self.bins, min=self.lo, max=self.hi).double()
 
-    def pre_hook(self, i: int):
+    def pre_hook(self, i: int, skip_extra: bool):
         """A forward pre-hook recording the module's input: the net, before any in-place activation."""
 
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            if args and isinstance(args[0], Tensor):
+            if args and isinstance(args[0], Tensor) and not (skip_extra and in_extra_forward()):
                 self.update(i, args[0])
 
         return hook
 
-    def attach(self, layers: Mapping[str, nn.Module], hooks: HookSet) -> None:
+    def attach(self, layers: Mapping[str, nn.Module], hooks: HookSet, skip_extra: bool = True) -> None:
+        """Pre-hooks on ``layers``; with ``skip_extra`` they ignore other monitors' probe forwards."""
         for i, name in enumerate(self.names):
-            hooks.add(layers[name].register_forward_pre_hook(self.pre_hook(i)))
+            hooks.add(layers[name].register_forward_pre_hook(self.pre_hook(i, skip_extra)))
 
     def reduce(self, trainer: pl.Trainer) -> np.ndarray:
         """Sum over ranks (one collective), copy to the host (one transfer), reset the sums."""

@@ -18,6 +18,7 @@ from lightning_gaaf.callbacks._utils import (
     all_reduce_sum,
     check_include,
     check_interval,
+    extra_forwards,
     is_log_step,
     log_images,
     log_step,
@@ -142,7 +143,7 @@ class NetVariance(Callback):
         buffers = [b.detach().clone() for b in pl_module.buffers()]
         x = model_input(batch)
         try:
-            with isolate_rng(), torch.no_grad():
+            with isolate_rng(), torch.no_grad(), extra_forwards():
                 for _ in range(self.repeats):
                     for tracker in trackers:
                         tracker.start_repeat()

@@ -1,0 +1,110 @@
+"""The offline W&B run of a fit with every monitor holds the documented keys with the right values."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import wandb
+from _monitor_helpers import TinyData, TinyModule, mlp, trainer
+from pytorch_lightning.loggers import WandbLogger
+
+from lightning_gaaf.callbacks import (
+    GradientInformation,
+    NetVariance,
+    NodeCorrelation,
+    SaturationMonitor,
+    WeightHistograms,
+)
+
+
+def leet(run_dir: Path, *flags: str) -> str:
+    return subprocess.run(
+        ["wandb", "leet", "inspect", "--json", *flags, str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env={**os.environ, "WANDB_MODE": "offline"},
+    ).stdout
+
+
+@pytest.fixture(scope="module")
+def wandb_fit(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wandb_run")
+    logger = WandbLogger(offline=True, save_dir=str(root), project="gaaf-tests")
+    callbacks = [
+        GradientInformation(log_every_n_steps=2),
+        SaturationMonitor(log_every_n_steps=2, bins=10, range=(-2, 2)),
+        NetVariance(every_n_steps=2, repeats=3),
+        NodeCorrelation(thresholds=(0.5,)),
+        WeightHistograms(bins=8),
+    ]
+    try:
+        trainer(root, callbacks, max_steps=4, logger=logger).fit(
+            TinyModule(mlp(dropout=0.2)), datamodule=TinyData()
+        )
+        run_dir = Path(logger.experiment.dir).parent
+    finally:
+        wandb.finish()
+    records = [json.loads(line) for line in leet(run_dir).splitlines() if line.strip()]
+    history = [r["history"]["item"] for r in records if r.get("type") == "history"]
+    summary = json.loads(leet(run_dir, "--summary"))["summary"]
+    return root, callbacks, history, summary
+
+
+def rows_with(history: list[dict], key: str) -> list[dict]:
+    return [item for item in history if key in item]
+
+
+def test_scalars_are_logged_at_their_global_steps(wandb_fit):
+    root, (grad, sat, var, _, _), history, _ = wandb_fit
+    rows = rows_with(history, "gaaf/grad_info/backbone.3")
+    assert [r["trainer/global_step"] for r in rows] == [1, 3] == grad.steps
+    assert [r["gaaf/grad_info/backbone.3"] for r in rows] == pytest.approx(grad.history["backbone.3"])
+
+    rows = rows_with(history, "gaaf/saturation/backbone.1")
+    assert [r["trainer/global_step"] for r in rows] == [1, 3]
+    for key, field in (("saturation", "saturation"), ("net_mean", "mean"), ("net_std", "std")):
+        for layer in ("backbone.1", "backbone.4"):
+            assert [r[f"gaaf/{key}/{layer}"] for r in rows] == pytest.approx(sat.history[layer][field])
+
+    rows = rows_with(history, "gaaf/net_var/backbone.4")
+    assert [r["gaaf/net_var/backbone.4"] for r in rows] == pytest.approx(var.history["backbone.4"])
+    assert all(v > 0 for v in var.history["backbone.4"])
+
+
+def test_histograms_carry_the_fixed_edges_and_counts(wandb_fit):
+    root, (_, sat, _, _, weights), history, _ = wandb_fit
+    rows = rows_with(history, "gaaf/net_hist/backbone.1.values")
+    assert len(rows) == 2
+    assert rows[0]["gaaf/net_hist/backbone.1._type"] == "histogram"
+    assert rows[0]["gaaf/net_hist/backbone.1.bins"] == pytest.approx(sat.edges.tolist())
+    assert [r["gaaf/net_hist/backbone.1.values"] for r in rows] == sat.history["backbone.1"]["hist"]
+
+    saved = json.loads((root / "stats" / "saturation.json").read_text())
+    (test_row,) = rows_with(history, "gaaf/net_hist_test/backbone.4.values")
+    assert test_row["gaaf/net_hist_test/backbone.4.values"] == saved["eval"]["layers"]["backbone.4"]["hist"]
+
+    rows = rows_with(history, "gaaf/weight_hist/backbone.0.values")
+    assert [r["gaaf/weight_hist/backbone.0.values"] for r in rows] == [
+        weights.records["backbone.0"]["init"]["counts"],
+        weights.records["backbone.0"]["final"]["counts"],
+    ]
+
+
+def test_summary_tables_and_images(wandb_fit):
+    root, (grad, sat, _, corr, _), _, summary = wandb_fit
+    for layer, value in grad.summary().items():
+        assert summary[f"gaaf/grad_info_mean/{layer}"] == pytest.approx(value)
+    for layer, stats in sat.eval_stats.items():
+        assert summary[f"gaaf/saturation_test/{layer}"] == pytest.approx(stats["saturation"])
+        assert summary[f"gaaf/net_std_test/{layer}"] == pytest.approx(stats["std"])
+    assert summary["gaaf/node_correlation"]["_type"] == "table-file"
+    assert summary["gaaf/node_correlation"]["nrows"] == len(corr.rows) == 2
+    for name in ("grad_info", "saturation", "net_hist_test", "net_var", "node_correlation", "weight_hist"):
+        assert summary[f"gaaf/report/{name}"]["_type"] == "image-file"
+        assert (root / "report" / f"{name}.png").is_file()

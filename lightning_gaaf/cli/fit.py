@@ -72,7 +72,7 @@ def condense(message: str) -> str:
         if line and not _UNION_NOISE.match(line):
             parts.append(line)
     text = "; ".join(parts).replace(":;", ":")
-    return text if len(text) <= 600 else text[:597] + "..."
+    return text if len(text) <= 2000 else text[:1997] + "..."
 
 
 def fail(message: str) -> NoReturn:
@@ -361,12 +361,15 @@ def _print_run_dir(run_dir: Path | None, trainer: Trainer) -> None:
         print(f"{PROG}: best checkpoint: {best}")
 
 
-def _finish_wandb(trainer: Trainer) -> None:
-    """Close the W&B run so a second gaaf-fit in the same process starts a fresh one."""
-    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers) and trainer.is_global_zero:
+def _finish_wandb(trainer: Trainer | None, exit_code: int = 0) -> None:
+    """Close the W&B run (marked failed for exit_code != 0) so a later gaaf-fit in this process starts afresh."""
+    if trainer is None or not trainer.is_global_zero:
+        return
+    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
         import wandb
 
-        wandb.finish()
+        if wandb.run is not None:
+            wandb.finish(exit_code=exit_code)
 
 
 def main(args: Sequence[str] | None = None) -> None:
@@ -376,6 +379,7 @@ def main(args: Sequence[str] | None = None) -> None:
     original ``sys.argv``, so multi-process runs must be started as a program, not via ``main(args)``.
     """
     owns_run_dir_env = RUN_DIR_ENV not in os.environ
+    trainer: Trainer | None = None
     try:
         cli = GaafCLI(args=args)
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
@@ -386,6 +390,7 @@ def main(args: Sequence[str] | None = None) -> None:
         best = "best" if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path else None
         trainer.test(model, datamodule=data, ckpt_path=best)
     except USER_ERRORS as exc:
+        _finish_wandb(trainer, exit_code=2)
         fail(str(exc))
     finally:
         if owns_run_dir_env:

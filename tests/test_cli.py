@@ -1,0 +1,193 @@
+"""gaaf-fit as users run it: a subprocess on CPU with synthetic data and offline W&B."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from _cli_helpers import (
+    CONFIGS,
+    TINY,
+    config_updates,
+    fit_command,
+    fit_env,
+    history,
+    run_fit,
+    run_meta,
+    wandb_records,
+)
+
+from lightning_gaaf.cli.fit import main
+from lightning_gaaf.datamodules.synthetic import write_mnist
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("mnist")
+    write_mnist(root, n_train=256, n_test=64, seed=0)
+    return root
+
+
+def test_fit_writes_run_dir_checkpoint_config_and_wandb_metrics(tmp_path: Path, mnist_dir: Path) -> None:
+    result = run_fit(
+        "--config", str(CONFIGS / "mnist_gaaf.yaml"), *TINY, cwd=tmp_path, env=fit_env(mnist_dir)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "mnist_gaaf" / "version_0"
+    assert f"gaaf-fit: run directory: {run_dir}" in result.stdout
+
+    # Checkpoints: the best on val/acc (used by the test stage) and the last epoch.
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and any(re.fullmatch(r"epoch000-val_acc\d\.\d{4}\.ckpt", n) for n in ckpts)
+    best = next(p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("epoch"))
+    assert f"best checkpoint: {best}" in result.stdout
+    assert f"Restoring states from the checkpoint path at {best}" in result.stderr
+
+    # The model that was trained and checkpointed had GAAF on each hidden tanh.
+    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    gaaf_state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("GAAFCallback"))
+    assert gaaf_state["modules"] == ["backbone.act1", "backbone.act2", "backbone.act3"]
+    assert gaaf_state["options"]["K"] == 10000
+
+    # The resolved config: the composed experiment plus the overrides, without the run's location.
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["gaaf"]["enabled"] is True
+    assert saved["model"]["backbone"]["class_path"] == "lightning_gaaf.models.MLP"
+    assert saved["model"]["optimizer"]["init_args"]["lr"] == 0.05
+    assert saved["trainer"]["limit_train_batches"] == 4
+    assert saved["run_dir"] is None and saved["trainer"]["default_root_dir"] is None
+
+    records = wandb_records(run_dir)
+    meta = run_meta(records)
+    assert meta["project"] == "lightning-gaaf" and meta["display_name"] == "mnist_gaaf"
+    logged = history(records)
+    for key in ("val/acc", "test/acc", "train/acc"):
+        assert logged[key], key
+        assert all(0.0 <= v <= 1.0 for v in logged[key]), (key, logged[key])
+    assert len(logged["test/acc"]) == 1
+    assert all(v > 0 for v in logged["train/loss"]) and all(v > 0 for v in logged["test/loss"])
+    # Monitors enabled by the config log per layer (qualified module names).
+    assert any(k.startswith("gaaf/grad_info/backbone.fc1") for k in logged)
+    assert any(k.startswith("gaaf/saturation/backbone.act1") for k in logged)
+    config = config_updates(records)
+    assert config["gaaf/modules"] == ["backbone.act1", "backbone.act2", "backbone.act3"]
+    assert config["model"]["backbone"]["init_args"]["activation"] == "tanh"
+
+
+def test_ddp_two_cpu_processes_share_one_run(tmp_path: Path, mnist_dir: Path) -> None:
+    args = ["--config", str(CONFIGS / "mnist_base.yaml"), *TINY]
+    args += ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    result = run_fit(*args, cwd=tmp_path, env=fit_env(mnist_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr
+    runs = sorted((tmp_path / "runs" / "mnist_base").iterdir())
+    assert [p.name for p in runs] == ["version_0"]
+    run_dir = runs[0]
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+    assert len(list(tmp_path.rglob("checkpoints"))) == 1
+    assert result.stdout.count("gaaf-fit: run directory:") == 1
+    logged = history(wandb_records(run_dir))
+    assert len(logged["test/acc"]) == 1 and 0.0 <= logged["test/acc"][0] <= 1.0
+
+
+# ----------------------------------------------------------------------------- user errors
+def _bad_file(tmp: Path, name: str, text: str) -> str:
+    path = tmp / name
+    path.write_text(text)
+    return str(path)
+
+
+def _error_cases(tmp: Path, data: Path, empty: Path) -> dict[str, tuple[list[str], Path, list[str]]]:
+    """name -> (arguments, GAAF_DATA_DIR, substrings the one-line error must contain)."""
+    base = str(CONFIGS / "mnist_base.yaml")
+    typo = _bad_file(tmp, "typo.yaml", f"defaults: {base}\ntrainer:\n  max_epoch: 3\n")
+    _bad_file(tmp, "a.yaml", "defaults: b.yaml\n")
+    loop = _bad_file(tmp, "b.yaml", "defaults: a.yaml\n")
+    return {
+        "unknown_cli_key": (["--config", base, "--trainer.max_epoch", "3"], data, ["--trainer.max_epoch"]),
+        "unknown_file_key": (["--config", typo], data, ["trainer", "max_epoch"]),
+        "unknown_backbone_arg": (
+            ["--config", base, "--model.backbone.init_args.widths", "[3]"],
+            data,
+            ["model.backbone", "widths"],
+        ),
+        "unknown_activation": (
+            ["--config", base, "--model.backbone.init_args.activation", "swish"],
+            data,
+            ["activation", "'swish'", "tanh", "leaky_relu"],
+        ),
+        "missing_dataset": (
+            ["--config", base, "--data.download", "false", *TINY],
+            empty,
+            ["MNIST dataset not found", "data.root", "GAAF_DATA_DIR"],
+        ),
+        "gpu_unavailable": (["--config", base, "--trainer.accelerator", "gpu"], data, ["accelerator=gpu"]),
+        "missing_config": (["--config", str(tmp / "nope.yaml")], data, ["config", "nope.yaml"]),
+        "defaults_cycle": (["--config", loop], data, ["defaults", "cycle"]),
+    }
+
+
+ERROR_CASES = [
+    "unknown_cli_key",
+    "unknown_file_key",
+    "unknown_backbone_arg",
+    "unknown_activation",
+    "missing_dataset",
+    "gpu_unavailable",
+    "missing_config",
+    "defaults_cycle",
+]
+
+
+def _assert_one_line_error(err: str, expected: list[str]) -> None:
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("gaaf-fit: error: ")]
+    assert len(lines) == 1, err[-2000:]
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+
+
+@pytest.mark.parametrize("case", ERROR_CASES)
+def test_user_error_is_one_line_with_exit_status_2(
+    case: str, tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    empty = tmp_path / "empty_data"
+    empty.mkdir()
+    args, data, expected = _error_cases(tmp_path, mnist_dir, empty)[case]
+    for key, value in fit_env(data).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    _assert_one_line_error(capsys.readouterr().err, expected)
+    # A run that failed before training leaves no version directory; the data error fails inside
+    # fit, after W&B recorded the (failed) run in its directory.
+    leftovers = sorted(p.parent.name for p in tmp_path.glob("runs/*/version_*"))
+    assert leftovers == (["mnist_base"] if case == "missing_dataset" else [])
+
+
+def test_program_exits_2_without_traceback(tmp_path: Path, mnist_dir: Path) -> None:
+    """The same errors through the real program: a parse-time one and one raised inside fit."""
+    empty = tmp_path / "empty_data"
+    empty.mkdir()
+    cases = _error_cases(tmp_path, mnist_dir, empty)
+    procs = {}
+    for name in ("unknown_cli_key", "missing_dataset"):
+        args, data, _ = cases[name]
+        procs[name] = subprocess.Popen(
+            fit_command(*args),
+            cwd=tmp_path,
+            env=fit_env(data),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 2, (name, out[-2000:], err[-2000:])
+        _assert_one_line_error(err, cases[name][2])

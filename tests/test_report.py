@@ -1,0 +1,76 @@
+"""gaaf-report draws the monitors' figures for several finished runs from their saved stats alone."""
+
+from __future__ import annotations
+
+import shutil
+from importlib.metadata import entry_points
+
+import matplotlib.image as mpimg
+import pytest
+from _monitor_helpers import TinyData, TinyModule, mlp, monitors, trainer
+
+from lightning_gaaf.cli.report import main, run_labels
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FIGURES = {"grad_info", "saturation", "net_hist_test", "net_var", "weight_hist", "node_correlation"}
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """A base run and a dropout run in run directories with the same leaf name."""
+    root = tmp_path_factory.mktemp("runs")
+    dirs = []
+    for name, dropout in (("base", 0.0), ("dropout", 0.3)):
+        run_dir = root / name / "version_0"
+        trainer(run_dir, monitors(), max_steps=4).fit(TinyModule(mlp(dropout=dropout)), datamodule=TinyData())
+        shutil.rmtree(run_dir / "report")  # the report must come from stats/ alone
+        dirs.append(run_dir)
+    return dirs
+
+
+def test_report_writes_valid_pngs_for_two_runs(two_runs, tmp_path, capsys):
+    out = tmp_path / "figures"
+    assert main([str(d) for d in two_runs] + ["--out", str(out)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert {p.rsplit("/", 1)[-1] for p in printed} == {f"{name}.png" for name in FIGURES}
+    for path in printed:
+        with open(path, "rb") as f:
+            assert f.read(8) == PNG_MAGIC
+        image = mpimg.imread(path)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+        assert image[..., :3].std() > 0.01  # something is drawn
+
+
+def test_console_script_with_labels(two_runs, tmp_path):
+    (script,) = entry_points(group="console_scripts", name="gaaf-report")
+    assert script.load() is main
+    out = tmp_path / "labelled"
+    assert main([*map(str, two_runs), "--out", str(out), "--labels", "plain", "dropout 0.3"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{name}.png" for name in FIGURES)
+
+
+def test_labels_default_to_unique_directory_names(two_runs):
+    assert run_labels(two_runs, None) == ["base/version_0", "dropout/version_0"]
+    assert run_labels(two_runs, ["a", "b"]) == ["a", "b"]
+
+
+def test_clear_errors(two_runs, tmp_path, capsys):
+    empty = tmp_path / "not_a_run"
+    empty.mkdir()
+    assert main([str(two_runs[0]), str(empty), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert f"{empty} has no statistics" in err and "stats" in err
+
+    assert main([str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+    assert main([str(two_runs[0]), "--out", str(tmp_path / "x"), "--labels", "a", "b"]) == 2
+    assert "--labels needs one label per run (1), got 2" in capsys.readouterr().err
+
+
+def test_single_stats_file_is_enough(two_runs, tmp_path, capsys):
+    only = tmp_path / "only_grad" / "stats"
+    only.mkdir(parents=True)
+    shutil.copy(two_runs[0] / "stats" / "grad_info.json", only)
+    assert main([str(only.parent), "--out", str(tmp_path / "out")]) == 0
+    assert [p.rsplit("/", 1)[-1] for p in capsys.readouterr().out.split()] == ["grad_info.png"]

@@ -115,7 +115,6 @@ def plot_net_hist(runs: Sequence[Run], path: Path) -> Path:
     layers = _layers(with_eval, lambda s: s["eval"]["layers"])
     fig, axes = _figure(len(layers), f"distribution of nets on {split} data")
     for ax, layer in zip(axes, layers, strict=True):
-        notes = []
         for i, (label, stats) in enumerate(with_eval):
             entry = stats["eval"]["layers"].get(layer)
             if not entry or not entry["count"]:
@@ -124,10 +123,15 @@ def plot_net_hist(runs: Sequence[Run], path: Path) -> Path:
             density = np.asarray(entry["hist"], dtype=float) / entry["count"] / np.diff(edges)
             ax.stairs(density, edges, color=_color(i), label=label or None, lw=1.3)
             outside = (entry["below"] + entry["above"]) / entry["count"]
-            notes.append(f"sat {_pct(entry['saturation'])}, out {_pct(outside)}")
+            note = f"saturated {_pct(entry['saturation'])}, outside range {_pct(outside)}"
+            ax.text(
+                0.02, 0.97 - 0.08 * i, note, transform=ax.transAxes, color=_color(i), fontsize=7, va="top"
+            )
         _shade_saturation(ax, with_eval, layer)
+        bottom, top = ax.get_ylim()
+        ax.set_ylim(bottom, top * (1.1 + 0.1 * len(with_eval)))  # room for the notes
         ax.set_title(layer, fontsize=9)
-        ax.set_xlabel("net z   (" + "; ".join(notes) + ")", fontsize=8)
+        ax.set_xlabel("net z (grey: saturation area)")
         ax.set_ylabel("density")
     return _finish(fig, axes, with_eval, path)
 

@@ -106,7 +106,7 @@ def _expand_file(path: Path, chain: tuple[Path, ...]) -> list[str]:
         raise UsageError(f"config {path}: '{DEFAULTS_KEY}' must be a file path or a list of file paths")
     args: list[str] = []
     for include in includes:
-        target = (path.parent / include) if not Path(include).is_absolute() else Path(include)
+        target = Path(os.path.normpath(path.parent / include))  # an absolute include stays as is
         if not target.is_file():
             raise UsageError(
                 f"config {path}: '{DEFAULTS_KEY}' entry {include!r} not found (looked for {target})"

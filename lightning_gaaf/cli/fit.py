@@ -13,7 +13,7 @@ tests; every LightningCLI override works (``--trainer.max_epochs 3``, ``--model.
 * **one run directory** -- ``runs/<config name>/version_N/`` (or ``--run_dir``, or an explicit
   ``--trainer.default_root_dir``) holds ``config.yaml``, ``checkpoints/`` and the W&B files.
 * **defaults** -- a ``WandbLogger`` (project ``lightning-gaaf``, offline unless ``WANDB_MODE`` is set),
-  a ``ModelCheckpoint`` on ``val/acc``, the number of classes linked from the data into the model.
+  a ``ModelCheckpoint`` on ``val/acc``, a ``MetricsHistory`` (``stats/metrics.json``), the number of classes linked from the data into the model.
 * **user errors** (bad key or value, missing dataset, unavailable accelerator) print one line
   ``gaaf-fit: error: ...`` and exit with status 2.
 """
@@ -37,6 +37,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from lightning_gaaf.callback import GAAFCallback
+from lightning_gaaf.callbacks.history import MetricsHistory
 from lightning_gaaf.datamodules import DatasetCorruptedError, DatasetNotFoundError
 from lightning_gaaf.models import ImageClassifier
 
@@ -321,6 +322,9 @@ class GaafCLI(LightningCLI):
             options = {k: v for k, v in gaaf.items() if k != "enabled"}
             # First, so that monitors registering hooks in their own setup see the GAAF modules.
             callbacks.insert(0, GAAFCallback(**options))
+        if not any(isinstance(c, MetricsHistory) for c in callbacks):
+            # Epoch metrics in <run_dir>/stats/metrics.json: gaaf-reproduce and gaaf-report read them.
+            callbacks.append(MetricsHistory())
         if trainer_cfg.get("enable_checkpointing") is not False and not any(
             isinstance(c, ModelCheckpoint) for c in callbacks
         ):

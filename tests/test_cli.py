@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -191,3 +192,20 @@ def test_program_exits_2_without_traceback(tmp_path: Path, mnist_dir: Path) -> N
         out, err = proc.communicate(timeout=240)
         assert proc.returncode == 2, (name, out[-2000:], err[-2000:])
         _assert_one_line_error(err, cases[name][2])
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_mnist_gaaf_learns(tmp_path: Path) -> None:
+    """A short real-MNIST fit of the paper's GAAF MLP reaches well above chance on the test set."""
+    data_dir = os.environ.get("GAAF_DATA_DIR")
+    if not data_dir:
+        pytest.skip("GAAF_DATA_DIR is not set")
+    args = ["--config", str(CONFIGS / "mnist_gaaf.yaml"), "--data.download", "false"]
+    args += ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "150"]
+    args += ["--trainer.limit_val_batches", "10", "--trainer.limit_test_batches", "20"]
+    args += ["--trainer.enable_progress_bar", "false"]
+    result = run_fit(*args, cwd=tmp_path, env=fit_env(data_dir), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logged = history(wandb_records(tmp_path / "runs" / "mnist_gaaf" / "version_0"))
+    assert logged["test/acc"][0] > 0.85

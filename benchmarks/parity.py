@@ -1,0 +1,151 @@
+"""Training-speed parity: gaaf-fit's stack vs a hand-written PyTorch loop, one process, median ratio.
+
+One epoch of the paper's MNIST MLP (784-512-256-256-10, tanh, SGD lr 0.05 momentum 0.9, batch 128)
+on in-memory MNIST, timed alternately through
+
+* ``raw``: a plain loop over the same uint8 tensors (shuffle, gather, normalise, forward,
+  cross-entropy, backward, step), same model, optimizer and batch size;
+* ``lightning``: ``ImageClassifier`` + ``MNISTDataModule`` + ``pl.Trainer(max_epochs=1)`` with no
+  logger, no checkpointing, no progress bar, no validation (the stack of ``gaaf-fit``);
+* ``lightning+monitors``: the same with the monitors every config enables
+  (``GradientInformation``, ``SaturationMonitor`` at their default interval) and a CSV logger for
+  them to write to.
+
+Each Trainer is new for each epoch (its start-up cost is part of the epoch), the DataModule is set
+up once. Lightning's own parity test allows +0.3 s per epoch on its MNIST model; our goal is a
+median ratio <= 1.15.
+
+    python benchmarks/parity.py [--data-dir DIR] [--epochs 5] [--gaaf]
+
+Data: ``--data-dir`` or ``$GAAF_DATA_DIR`` (torchvision layout); without either, a synthetic
+MNIST of full size is written to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.loggers import CSVLogger
+
+from lightning_gaaf import apply_gaaf
+from lightning_gaaf.datamodules import MNISTDataModule
+from lightning_gaaf.datamodules.transforms import normalize
+from lightning_gaaf.models import MLP, ImageClassifier
+
+LR, MOMENTUM, BATCH = 0.05, 0.9, 128
+
+
+def make_backbone(use_gaaf: bool) -> torch.nn.Module:
+    torch.manual_seed(0)
+    backbone = MLP(activation="tanh")
+    if use_gaaf:
+        apply_gaaf(backbone)
+    return backbone
+
+
+def raw_epoch(backbone: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
+    model = copy.deepcopy(backbone)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    model.train()
+    perm = torch.randperm(labels.shape[0])
+    for start in range(0, labels.shape[0], BATCH):
+        idx = perm[start : start + BATCH]
+        x = normalize(images[idx], MNISTDataModule.mean, MNISTDataModule.std)
+        loss = F.cross_entropy(model(x), labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def lightning_epoch(backbone: torch.nn.Module, dm: MNISTDataModule, monitors: bool, log_dir: str) -> None:
+    model = ImageClassifier(
+        copy.deepcopy(backbone), optimizer=lambda p: torch.optim.SGD(p, lr=LR, momentum=MOMENTUM)
+    )
+    callbacks = []
+    logger: CSVLogger | bool = False
+    if monitors:
+        from lightning_gaaf.callbacks import GradientInformation, SaturationMonitor
+
+        callbacks = [GradientInformation(), SaturationMonitor()]
+        logger = CSVLogger(log_dir, name="parity")
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=logger,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=log_dir,
+    )
+    trainer.fit(model, datamodule=dm)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=os.environ.get("GAAF_DATA_DIR"))
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per variant")
+    parser.add_argument("--gaaf", action="store_true", help="time the GAAF model instead of the plain one")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+
+    tmp = tempfile.mkdtemp(prefix="gaaf-parity-")
+    root = args.data_dir
+    if root is None:
+        from lightning_gaaf.datamodules.synthetic import write_mnist
+
+        root = write_mnist(tmp, n_train=60_000, n_test=100)
+    dm = MNISTDataModule(root=str(root), batch_size=BATCH, download=False)
+    dm.setup("fit")
+    images, labels = dm.train_dataset.images, dm.train_dataset.labels
+    backbone = make_backbone(args.gaaf)
+
+    variants = {
+        "raw": lambda: raw_epoch(backbone, images, labels),
+        "lightning": lambda: lightning_epoch(backbone, dm, False, tmp),
+        "lightning+monitors": lambda: lightning_epoch(backbone, dm, True, tmp),
+    }
+    for fn in variants.values():  # warm-up (allocator, compiled GAAF kernels, imports)
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.epochs):
+        for name, fn in variants.items():
+            times[name].append(timed(fn))
+
+    print(f"command: python {' '.join(sys.argv)}")
+    print(
+        f"torch {torch.__version__}, pytorch-lightning {pl.__version__}, threads {torch.get_num_threads()}, "
+        f"{platform.processor() or platform.machine()}"
+    )
+    print(
+        f"model: MLP 784-512-256-256-10 tanh{' + GAAF' if args.gaaf else ''}, {labels.shape[0]} training "
+        f"images, batch {BATCH}, {args.epochs} epochs per variant, interleaved"
+    )
+    base = statistics.median(times["raw"])
+    for name, values in times.items():
+        med = statistics.median(values)
+        print(f"{name:20s} median {med:7.3f} s/epoch  ratio {med / base:5.3f}  (+{med - base:6.3f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""``gaaf-reproduce``: the paper's MNIST study (Tables 2 and 4, Figures 3/5) in one command.
+
+``gaaf-reproduce mnist --seeds 5`` trains the paper's MLP (784-512-256-256-10, tanh) three ways —
+``base``, ``dropout``, ``gaaf`` — with ``gaaf-fit`` and the published configs
+``configs/mnist_{base,dropout,gaaf}.yaml``, each seed until convergence, then writes into ``--out``:
+
+* ``table4.md``: test accuracy and epochs to converge, mean (std) over seeds, beside the paper's;
+* ``table2.md``: gradient information (mean |dE/dW|, paper Eq. 5) per layer and model;
+* ``nets_test.png``: net-value distributions per layer on the test set, base vs dropout vs GAAF;
+* ``results.json``: every per-run number, the command, package versions, hardware, wall time.
+
+Protocol (the paper gives none; ours, identical for the three models): the configs' optimizer and
+batch size (SGD lr 0.05, momentum 0.9, batch 128); early stopping on ``val/loss`` (10 000 images
+held out of the training set) with ``--patience`` epochs (default 10) and a cap of ``--max-epochs``
+(default 200). *Epochs to converge* = the epoch with the lowest validation loss; the test accuracy
+is that epoch's checkpoint on the official test set. A run that hits the cap is marked.
+
+Runs are resumable: a run whose ``stats/metrics.json`` holds test metrics is read back, not
+redone; an unfinished run directory is cleared and run again. ``fashion_mnist`` runs the same
+three configs with the Fashion-MNIST DataModule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PROG = "gaaf-reproduce"
+MODELS = ("base", "dropout", "gaaf")
+#: Paper Table 4 (MNIST): test accuracy in % and epochs to converge.
+PAPER_TABLE4 = {
+    "mnist": {"base": (98.23, 82), "dropout": (98.40, 169), "gaaf": (98.35, 114)},
+}
+DATAMODULE = {
+    "mnist": "lightning_gaaf.datamodules.MNISTDataModule",
+    "fashion_mnist": "lightning_gaaf.datamodules.FashionMNISTDataModule",
+}
+
+
+def find_configs(explicit: str | None) -> Path:
+    """The folder with ``mnist_*.yaml``: ``--configs``, else ``./configs``, else the source checkout's."""
+    candidates = (
+        [Path(explicit)] if explicit else [Path("configs"), Path(__file__).resolve().parents[2] / "configs"]
+    )
+    for folder in candidates:
+        if all((folder / f"mnist_{m}.yaml").is_file() for m in MODELS):
+            return folder
+    looked = ", ".join(str(c) for c in candidates)
+    raise SystemExit(
+        f"{PROG}: error: configs/mnist_{{base,dropout,gaaf}}.yaml not found (looked in {looked}); "
+        "pass --configs DIR"
+    )
+
+
+def run_args(args: argparse.Namespace, configs: Path, model: str, seed: int, run_dir: Path) -> list[str]:
+    """The ``gaaf-fit`` command line of one run (protocol overrides on top of the published config)."""
+    cmd = [
+        "--config",
+        str(configs / f"mnist_{model}.yaml"),
+        "--run_dir",
+        str(run_dir),
+        "--seed_everything",
+        str(seed),
+        "--data.class_path",
+        DATAMODULE[args.dataset],
+        "--trainer.max_epochs",
+        str(args.max_epochs),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.callbacks+=EarlyStopping",
+        "--trainer.callbacks.monitor=val/loss",
+        "--trainer.callbacks.mode=min",
+        f"--trainer.callbacks.patience={args.patience}",
+        "--trainer.callbacks+=ModelCheckpoint",
+        "--trainer.callbacks.monitor=val/loss",
+        "--trainer.callbacks.mode=min",
+        f"--trainer.callbacks.dirpath={run_dir / 'checkpoints'}",
+        "--trainer.callbacks.filename=best-epoch{epoch:03d}",
+        "--trainer.callbacks.save_top_k=1",
+    ]
+    if args.data_dir:
+        cmd += ["--data.init_args.root", str(args.data_dir)]
+    if args.val_size is not None:
+        cmd += ["--data.init_args.val_size", str(args.val_size)]
+    if args.quick:
+        cmd += [
+            "--trainer.limit_train_batches",
+            "8",
+            "--trainer.limit_val_batches",
+            "2",
+            "--trainer.limit_test_batches",
+            "2",
+            "--trainer.log_every_n_steps",
+            "2",
+        ]
+    return cmd
+
+
+def load_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """The run's saved epoch history and test metrics, or None when the run did not finish."""
+    path = run_dir / "stats" / "metrics.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return data if data.get("test", {}).get("test/acc") is not None else None
+
+
+def summarize_run(run_dir: Path, max_epochs: int) -> dict[str, Any]:
+    """Per-run numbers: test accuracy, convergence epoch, epochs trained, gradient information."""
+    metrics = load_metrics(run_dir)
+    assert metrics is not None
+    epochs = [e for e in metrics["epochs"] if "val/loss" in e]
+    best = min(epochs, key=lambda e: e["val/loss"])
+    grad_path = run_dir / "stats" / "grad_info.json"
+    grad = json.loads(grad_path.read_text()).get("summary", {}) if grad_path.is_file() else {}
+    return {
+        "test_acc": 100.0 * metrics["test"]["test/acc"],
+        "test_loss": metrics["test"].get("test/loss"),
+        "epochs_to_converge": best["epoch"],
+        "best_val_loss": best["val/loss"],
+        "best_val_acc": None if best.get("val/acc") is None else 100.0 * best["val/acc"],
+        "epochs_trained": len(metrics["epochs"]),
+        "hit_cap": len(metrics["epochs"]) >= max_epochs,
+        "grad_info": grad,
+    }
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    values = list(values)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def table4(dataset: str, runs: dict[str, list[dict[str, Any]]]) -> str:
+    paper = PAPER_TABLE4.get(dataset, {})
+    n = {m: len(r) for m, r in runs.items()}
+    lines = [
+        "| model | test accuracy % (ours) | epochs to converge (ours) | seeds | runs at the epoch cap "
+        "| test accuracy % (paper) | epochs (paper) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model in MODELS:
+        if not runs.get(model):
+            continue
+        acc = _mean_std(r["test_acc"] for r in runs[model])
+        ep = _mean_std(r["epochs_to_converge"] for r in runs[model])
+        capped = sum(r["hit_cap"] for r in runs[model])
+        p_acc, p_ep = paper.get(model, (None, None))
+        lines.append(
+            f"| {model} | {acc[0]:.2f} ({acc[1]:.2f}) | {ep[0]:.1f} ({ep[1]:.1f}) | {n[model]} | {capped} "
+            f"| {'n/a' if p_acc is None else f'{p_acc:.2f}'} | {'n/a' if p_ep is None else p_ep} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def table2(runs: dict[str, list[dict[str, Any]]]) -> str:
+    layers: list[str] = []
+    for model_runs in runs.values():
+        for r in model_runs:
+            layers += [name for name in r["grad_info"] if name not in layers]
+    models = [m for m in MODELS if runs.get(m)]
+    lines = ["| layer | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    for layer in layers:
+        cells = []
+        for model in models:
+            values = [r["grad_info"][layer] for r in runs[model] if layer in r["grad_info"]]
+            cells.append(f"{statistics.fmean(values):.3e}" if values else "n/a")
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def net_figure(out: Path, run_dirs: dict[str, Path]) -> Path | None:
+    """Net distributions per layer on test data, one run per model (the first seed)."""
+    from lightning_gaaf.callbacks import plots
+
+    stats = []
+    for model, run_dir in run_dirs.items():
+        path = run_dir / "stats" / "saturation.json"
+        if path.is_file():
+            stats.append((model, json.loads(path.read_text())))
+    if not stats or not any(s.get("eval") for _, s in stats):
+        return None
+    return plots.plot_net_hist(stats, out / "nets_test.png")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("lightning-gaaf", "torch", "pytorch-lightning", "torchvision", "torchmetrics", "wandb"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    return {
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def execute(cmd: list[str], log: Path, env: dict[str, str]) -> int:
+    with log.open("w") as fh:
+        return subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset", choices=sorted(DATAMODULE), help="which study to reproduce")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per model (0..N-1); default 5")
+    parser.add_argument("--max-epochs", type=int, default=200, help="epoch cap per run; default 200")
+    parser.add_argument(
+        "--patience", type=int, default=10, help="early-stopping patience on val/loss; default 10"
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="dataset root (torchvision layout); default $GAAF_DATA_DIR"
+    )
+    parser.add_argument("--out", default=None, help="output folder; default reproduce/<dataset>")
+    parser.add_argument("--configs", default=None, help="folder with configs/mnist_*.yaml")
+    parser.add_argument(
+        "--val-size",
+        type=int,
+        default=None,
+        help="validation images held out of the training split; default the config's (10000)",
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (each gets cores/jobs threads)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 2 epochs, a few batches")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds = min(args.seeds, 1) if "--seeds" in (argv or sys.argv) else 1
+        args.max_epochs, args.patience = min(args.max_epochs, 2), min(args.patience, 1)
+        args.val_size = 500 if args.val_size is None else args.val_size
+    if args.seeds < 1 or args.max_epochs < 1 or args.patience < 1 or args.jobs < 1:
+        parser.error("--seeds, --max-epochs, --patience and --jobs must be >= 1")
+    args.data_dir = args.data_dir or os.environ.get("GAAF_DATA_DIR")
+    configs = find_configs(args.configs)
+    out = Path(args.out or Path("reproduce") / args.dataset)
+    out.mkdir(parents=True, exist_ok=True)
+
+    env = dict(os.environ)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    if args.quick:
+        env.setdefault("WANDB_MODE", "disabled")
+
+    started = time.time()
+    jobs: list[tuple[str, int, Path, list[str]]] = []
+    reused = 0
+    for model in MODELS:
+        for seed in range(args.seeds):
+            run_dir = (out / "runs" / model / f"seed_{seed}").resolve()
+            if load_metrics(run_dir) is not None:
+                reused += 1
+                continue
+            if run_dir.exists():
+                shutil.rmtree(run_dir)  # an interrupted run: start it again
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            cmd = [
+                sys.executable,
+                "-m",
+                "lightning_gaaf.cli.fit",
+                *run_args(args, configs, model, seed, run_dir),
+            ]
+            jobs.append((model, seed, run_dir, cmd))
+    print(f"{PROG}: {len(jobs)} run(s) to train, {reused} finished run(s) reused, output in {out}")
+
+    def run_one(job: tuple[str, int, Path, list[str]]) -> tuple[str, int, int, float]:
+        model, seed, run_dir, cmd = job
+        t0 = time.time()
+        code = execute(cmd, run_dir.parent / f"seed_{seed}.log", env)
+        return model, seed, code, time.time() - t0
+
+    failures = []
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for model, seed, code, seconds in pool.map(run_one, jobs):
+            status = "ok" if code == 0 else f"FAILED (exit {code})"
+            print(f"{PROG}: {model} seed {seed}: {status} in {seconds:.0f} s", flush=True)
+            if code != 0:
+                failures.append(f"{model}/seed_{seed} (log: {out / 'runs' / model / f'seed_{seed}.log'})")
+    if failures:
+        raise SystemExit(f"{PROG}: error: {len(failures)} run(s) failed: {', '.join(failures)}")
+
+    per_model: dict[str, list[dict[str, Any]]] = {m: [] for m in MODELS}
+    for model in MODELS:
+        for seed in range(args.seeds):
+            run_dir = out / "runs" / model / f"seed_{seed}"
+            per_model[model].append(
+                {"seed": seed, "run_dir": str(run_dir), **summarize_run(run_dir, args.max_epochs)}
+            )
+
+    (out / "table4.md").write_text(table4(args.dataset, per_model))
+    (out / "table2.md").write_text(table2(per_model))
+    figure = net_figure(out, {m: out / "runs" / m / "seed_0" for m in MODELS})
+    results = {
+        "dataset": args.dataset,
+        "command": " ".join([PROG, *(sys.argv[1:] if argv is None else argv)]),
+        "protocol": {
+            "models": {m: f"configs/mnist_{m}.yaml" for m in MODELS},
+            "early_stopping": {"monitor": "val/loss", "patience": args.patience},
+            "max_epochs": args.max_epochs,
+            "epochs_to_converge": "epoch (1-based) with the lowest val/loss",
+            "test_accuracy": "checkpoint of that epoch on the official test split",
+            "quick": args.quick,
+        },
+        "paper": PAPER_TABLE4.get(args.dataset),
+        "runs": per_model,
+        "versions": versions(),
+        "hardware": hardware(),
+        "wall_time_s": time.time() - started,
+        "runs_reused": reused,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print((out / "table4.md").read_text())
+    print(
+        f"{PROG}: wrote {out / 'table4.md'}, {out / 'table2.md'}, {out / 'results.json'}"
+        + (f", {figure}" if figure else "")
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -263,8 +263,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.time()
     jobs: list[tuple[str, int, Path, list[str]]] = []
     reused = 0
-    for model in MODELS:
-        for seed in range(args.seeds):
+    for seed in range(args.seeds):  # seed-major: a cut-short study still has every model per seed
+        for model in MODELS:
             run_dir = (out / "runs" / model / f"seed_{seed}").resolve()
             if load_metrics(run_dir) is not None:
                 reused += 1

@@ -13,7 +13,8 @@ tests; every LightningCLI override works (``--trainer.max_epochs 3``, ``--model.
 * **one run directory** -- ``runs/<config name>/version_N/`` (or ``--run_dir``, or an explicit
   ``--trainer.default_root_dir``) holds ``config.yaml``, ``checkpoints/`` and the W&B files.
 * **defaults** -- a ``WandbLogger`` (project ``lightning-gaaf``, offline unless ``WANDB_MODE`` is set),
-  a ``ModelCheckpoint`` on ``val/acc``, a ``MetricsHistory`` (``stats/metrics.json``), the number of classes linked from the data into the model.
+  a ``ModelCheckpoint`` on ``val/acc``, a ``MetricsHistory`` (``stats/metrics.json``), and the
+  number of classes linked from the data into the model.
 * **user errors** (bad key or value, missing dataset, unavailable accelerator) print one line
   ``gaaf-fit: error: ...`` and exit with status 2.
 """

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from _cli_helpers import CONFIGS, EXPERIMENTS, REPO
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 
@@ -97,6 +97,7 @@ def test_config_is_small_names_its_paper_row_and_builds(path: Path, build, tmp_p
     assert any(isinstance(c, GradientInformation) for c in callbacks)
     assert any(isinstance(c, SaturationMonitor) for c in callbacks)
     assert any(isinstance(c, NetVariance) for c in callbacks) == (name == "mnist_dropout")
+    assert isinstance(trainer.progress_bar_callback, RichProgressBar)
 
     run_dir = tmp_path / "run"
     assert trainer.default_root_dir == str(run_dir)

@@ -13,15 +13,21 @@ Each GAAF variant runs with the compiled kernels (``set_compile(True)``) and the
 (``set_compile(False)``); compilation happens in the warm-up, before timing. torch keeps its default
 number of threads.
 
-What limits the ratio on CPU: the plain activation is one memory-bound pass per direction (forward
-``tanh`` via MKL, backward ``grad * (1 - y^2)``), while GAAF must evaluate phi *and* ``s`` (an exp)
-in both passes, because only ``x`` is saved. The compiled kernels are arithmetic-bound: on the
-2-core AVX-512 Xeon we measured, float32 exp and tanh written as inlined polynomials (AVX2 width)
-cost ~4x less than inductor's Sleef calls, yet (a) stays around 3x (tanh) and 2.5x (relu) there;
-the MLP step, dominated by its matrix products, pays a few percent. Under load from other
-processes, two-thread kernels stall on descheduled threads and every ratio drifts towards 1.
+Goals (a) <= 1.5x and (c) <= 1.10x are NOT reached on the machine we measured (2 shared cores of an
+AVX-512 Xeon, torch 2.14 CPU). Best-case ratios there (idle moments; min over rounds): (a) tanh
+~3.2x, relu ~2.9x (with inductor's own exp/tanh: 5.9x and 3.4x), (b) compiled fused path 0.2-0.5x of the
+naive formula, (c) MLP step ~1.4x. Why: the plain activation is one memory-bound pass per direction
+(MKL ``tanh`` forward, ``grad * (1 - y^2)`` backward), while GAAF evaluates phi *and* ``s`` (an exp)
+in both passes because only ``x`` is saved; the fused kernels are arithmetic-bound (~80 vector
+instructions per 8 elements, ~3.5 ns per element for forward+backward on one core). Inductor's
+Sleef exp/tanh calls cost ~4x more than the inlined polynomials now used, and AVX-512 builds of
+these kernels ran 2-3x slower than AVX2 on this host, hence 256-bit vectors. In the MLP step every
+GAAF layer also pays ~20 us per compiled call (dynamo guards, wrappers) twice per step on tensors of
+only 128x512 elements. The medians printed are only meaningful on an otherwise idle machine: under
+load, two-thread kernels stall on descheduled threads and ratios converge to the number of
+parallel regions per call (eager GAAF ~15 kernels vs 2), so ``best`` is printed next to them.
 
-Usage: ``python benchmarks/activation.py [--rounds 30] [--mlp-rounds 40] [--quick]``.
+Usage: ``python benchmarks/activation.py [--rounds 60] [--mlp-rounds 150] [--quick]`` (~1-3 min).
 """
 
 from __future__ import annotations
@@ -87,8 +93,13 @@ def _ratio(times: dict[str, list[float]], num: str, den: str) -> float:
     return statistics.median(a / b for a, b in zip(times[num], times[den], strict=True))
 
 
+def _best_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
+    """Ratio of the fastest calls: what an idle machine would show (the median is the headline)."""
+    return min(times[num]) / min(times[den])
+
+
 def _ms(times: dict[str, list[float]], name: str) -> str:
-    return f"{statistics.median(times[name]) * 1e3:8.3f} ms"
+    return f"median {statistics.median(times[name]) * 1e3:8.3f} ms, best {min(times[name]) * 1e3:8.3f} ms"
 
 
 def _naive(x: torch.Tensor, base: nn.Module, shape: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -97,7 +108,10 @@ def _naive(x: torch.Tensor, base: nn.Module, shape: Callable[[torch.Tensor], tor
     return base(x) + g * shape(x)
 
 
-def bench_activations(rounds: int) -> list[tuple[str, float]]:
+Row = tuple[str, dict[str, list[float]], str, str]  # label, times, numerator, denominator
+
+
+def bench_activations(rounds: int) -> list[Row]:
     torch.manual_seed(0)
     x0 = torch.randn(SHAPE)
     grad = torch.randn(SHAPE)
@@ -124,17 +138,15 @@ def bench_activations(rounds: int) -> list[tuple[str, float]]:
             f"\n(a)/(b) {name}: forward+backward on {SHAPE[0]}x{SHAPE[1]} float32, median of {rounds} rounds"
         )
         for v in variants:
-            print(f"  {v:14s} {_ms(times, v)}   x{_ratio(times, v, 'plain'):.2f} vs plain")
+            print(f"  {v:14s} {_ms(times, v)}")
         for v in ("gaaf_compiled", "gaaf_eager"):
-            rows.append((f"(a) {name}: GAAF ({v.split('_')[1]}) / plain", _ratio(times, v, "plain")))
-        rows.append(
-            (f"(b) {name}: fused (compiled) / naive formula", _ratio(times, "gaaf_compiled", "naive"))
-        )
-        rows.append((f"(b) {name}: fused (eager) / naive formula", _ratio(times, "gaaf_eager", "naive")))
+            rows.append((f"(a) {name}: GAAF ({v.split('_')[1]}) / plain", times, v, "plain"))
+        rows.append((f"(b) {name}: fused (compiled) / naive formula", times, "gaaf_compiled", "naive"))
+        rows.append((f"(b) {name}: fused (eager) / naive formula", times, "gaaf_eager", "naive"))
     return rows
 
 
-def bench_mlp(rounds: int) -> list[tuple[str, float]]:
+def bench_mlp(rounds: int) -> list[Row]:
     torch.manual_seed(0)
     plain = MLP(activation="tanh")
     gaaf = MLP(activation="tanh")
@@ -161,9 +173,9 @@ def bench_mlp(rounds: int) -> list[tuple[str, float]]:
     times = _interleaved(variants, rounds, warmup=10)
     print(f"\n(c) MNIST MLP 784-512-256-256-10 tanh, batch 128, SGD step, median of {rounds} rounds")
     for v in variants:
-        print(f"  {v:14s} {_ms(times, v)}   x{_ratio(times, v, 'plain'):.2f} vs plain")
+        print(f"  {v:14s} {_ms(times, v)}")
     return [
-        (f"(c) MLP step: GAAF ({v.split('_')[1]}) / plain", _ratio(times, v, "plain"))
+        (f"(c) MLP step: GAAF ({v.split('_')[1]}) / plain", times, v, "plain")
         for v in variants
         if v != "plain"
     ]
@@ -171,8 +183,8 @@ def bench_mlp(rounds: int) -> list[tuple[str, float]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=40, help="interleaved rounds for (a) and (b)")
-    parser.add_argument("--mlp-rounds", type=int, default=60, help="interleaved rounds for (c)")
+    parser.add_argument("--rounds", type=int, default=60, help="interleaved rounds for (a) and (b)")
+    parser.add_argument("--mlp-rounds", type=int, default=150, help="interleaved rounds for (c)")
     parser.add_argument("--quick", action="store_true", help="few rounds (a smoke run, noisy numbers)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -183,9 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, load average {load:.2f}")
     start = time.perf_counter()
     rows = bench_activations(args.rounds) + bench_mlp(args.mlp_rounds)
-    print("\nmedian ratios (time / time)")
-    for label, value in rows:
-        print(f"  {label:48s} {value:6.2f}")
+    print(f"\n  {'ratio (time / time)':48s} {'median':>7s} {'best':>7s}")
+    for label, times, num, den in rows:
+        print(f"  {label:48s} {_ratio(times, num, den):7.2f} {_best_ratio(times, num, den):7.2f}")
     print(f"\n({time.perf_counter() - start:.0f} s, including compilation)")
 
 

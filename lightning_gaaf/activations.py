@@ -518,7 +518,7 @@ def _inductor_options(device_type: str) -> dict[str, Any] | None:
     """256-bit vectors for CPU kernels unless the user configured inductor's ``cpp.simdlen``.
 
     These kernels are arithmetic-bound; their AVX-512 builds ran 2-3x slower than AVX2 on the
-    Xeon we measured (the benchmark prints both variants' host).
+    Xeon we measured (see ``benchmarks/activation.py``).
     """
     if device_type != "cpu" or torch.backends.cpu.get_cpu_capability() != "AVX512":
         return None

@@ -8,6 +8,7 @@ rank 0 under ``gaaf/...``; at the end of fit they are saved under ``<run_dir>/st
 
 from lightning_gaaf.callbacks.correlation import NodeCorrelation
 from lightning_gaaf.callbacks.gradient import GradientInformation
+from lightning_gaaf.callbacks.history import MetricsHistory
 from lightning_gaaf.callbacks.saturation import SaturationMonitor
 from lightning_gaaf.callbacks.thresholds import SATURATION_RATIO, saturation_intervals
 from lightning_gaaf.callbacks.variance import NetVariance
@@ -16,6 +17,7 @@ from lightning_gaaf.callbacks.weights import WeightHistograms
 __all__ = [
     "SATURATION_RATIO",
     "GradientInformation",
+    "MetricsHistory",
     "NetVariance",
     "NodeCorrelation",
     "SaturationMonitor",

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+
+from lightning_gaaf.callbacks._utils import stats_dir, write_json
 
 __all__ = ["MetricsHistory"]
 
@@ -27,7 +27,8 @@ class MetricsHistory(pl.Callback):
     Each record holds the epoch (1-based), the global step and every scalar in
     ``trainer.callback_metrics`` at the end of that training epoch (``train/acc``, ``val/loss``,
     ``val/acc``, ...), already reduced across ranks; ``test`` holds the metrics of the last test run.
-    The file is rewritten after every epoch, so an interrupted run keeps what it had.
+    The file is rewritten after every epoch, so an interrupted run keeps what it had; NaN/inf are
+    saved as null.
     ``gaaf-reproduce`` and ``gaaf-report`` read it.
     """
 
@@ -59,16 +60,14 @@ class MetricsHistory(pl.Callback):
         self._save(trainer)
 
     def _save(self, trainer: pl.Trainer) -> None:
-        if not trainer.is_global_zero:
-            return
-        path = Path(trainer.default_root_dir) / "stats" / self.filename
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"epochs": self.epochs, "test": self.test}, indent=1))
-        tmp.replace(path)
+        if trainer.is_global_zero:
+            write_json(stats_dir(trainer) / self.filename, {"epochs": self.epochs, "test": self.test})
 
     def state_dict(self) -> dict[str, Any]:
         return {"epochs": self.epochs}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.epochs = list(state_dict.get("epochs", []))
+        # Only a fresh process resuming a fit takes the checkpoint's history. ``trainer.test(ckpt_path=
+        # "best")`` restores callback state too, and must not cut the history back to the best epoch.
+        if not self.epochs:
+            self.epochs = list(state_dict.get("epochs", []))

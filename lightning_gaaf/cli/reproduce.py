@@ -113,7 +113,10 @@ def load_metrics(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / "stats" / "metrics.json"
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:  # cut off mid-write
+        return None
     return data if data.get("test", {}).get("test/acc") is not None else None
 
 

@@ -90,10 +90,10 @@ class NetVariance(Callback):
 
     Cost: ``repeats`` no-grad forwards of ``max_samples`` samples every ``every_n_steps`` steps. The
     variance is a per-node, per-sample quantity, so a fixed part of the batch estimates the same
-    mean as the whole batch; at the defaults this keeps the probes near 2 % of training time for
-    the paper MLP instead of 7 % with full batches of 128 (``benchmarks/callbacks.py``). Under
-    BatchNorm in train mode the probes normalise with the statistics of that part;
-    ``max_samples=None`` probes the whole batch.
+    mean as the whole batch at a fraction of the cost: for the paper MLP (batch 128, CPU) probing
+    full batches costs about 7 % of training time, 16 samples well under 1 %
+    (``benchmarks/callbacks.py --each``). Under BatchNorm in train mode the probes normalise with the
+    statistics of that part; ``max_samples=None`` probes the whole batch.
 
     Args:
         every_n_steps: probe every N optimizer steps.
@@ -111,7 +111,7 @@ class NetVariance(Callback):
         self,
         every_n_steps: int = 100,
         repeats: int = 20,
-        max_samples: int | None = 32,
+        max_samples: int | None = 16,
         include: list[str] | None = None,
     ) -> None:
         owner = type(self).__name__

@@ -1,0 +1,185 @@
+"""Training-step time of the paper MLP with every monitor at its default interval vs no monitor.
+
+Model: 784-512-256-256-10 with tanh (paper MNIST MLP, built inline), batch 128, SGD, random
+in-memory data, a real ``pl.Trainer`` (no progress bar, no checkpointing, no validation). The
+logger is ``WandbLogger(offline=True)`` on both sides: it is the most expensive sink (histograms and
+images are only built for W&B), so the overhead measured is the one users with W&B pay.
+
+Monitors: ``GradientInformation()``, ``SaturationMonitor()`` (every ``log_every_n_steps`` = 50
+steps), ``NetVariance()`` (20 probe forwards every 100 steps), ``WeightHistograms()`` and
+``NodeCorrelation()`` (once per fit). Step time is the wall time from the start of batch
+``--warmup`` to the start of batch ``--warmup + --steps``: 100 steps hold exactly two logging steps
+and one NetVariance probe, the defaults' steady-state rate. Fit setup and the end-of-fit passes
+are excluded (they run once per fit, not per step). Short fits with and without monitors alternate
+in one process, all logging into one offline W&B run; the median of the per-pair ratios is
+printed. One intra-op thread by default (``--threads``) so a busy machine slows both sides alike.
+
+Usage: ``python benchmarks/callbacks.py [--repeats 15] [--steps 100] [--warmup 10] [--each]``
+(``--each`` also times every monitor alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+import wandb
+from pytorch_lightning.loggers import WandbLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_gaaf.callbacks import (
+    GradientInformation,
+    NetVariance,
+    NodeCorrelation,
+    SaturationMonitor,
+    WeightHistograms,
+)
+
+BATCH_SIZE = 128
+MONITORS: dict[str, Callable[[], pl.Callback]] = {
+    "GradientInformation": GradientInformation,
+    "SaturationMonitor": SaturationMonitor,
+    "NetVariance": NetVariance,
+    "WeightHistograms": WeightHistograms,
+    "NodeCorrelation": NodeCorrelation,
+}
+
+
+class Classifier(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(784, 512),
+            nn.Tanh(),
+            nn.Linear(512, 256),
+            nn.Tanh(),
+            nn.Linear(256, 256),
+            nn.Tanh(),
+            nn.Linear(256, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train/loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class Data(pl.LightningDataModule):
+    def __init__(self, n_train: int, n_test: int = 2048) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.train = TensorDataset(
+            torch.randn(n_train, 784, generator=g), torch.randint(0, 10, (n_train,), generator=g)
+        )
+        self.test = TensorDataset(
+            torch.randn(n_test, 784, generator=g), torch.randint(0, 10, (n_test,), generator=g)
+        )
+
+    def train_dataloader(self):
+        return DataLoader(self.train, batch_size=BATCH_SIZE, shuffle=True)
+
+    def test_dataloader(self):
+        return DataLoader(self.test, batch_size=BATCH_SIZE)
+
+
+class StepClock(pl.Callback):
+    """Time from the start of batch ``warmup`` to the start of the last batch (first callback)."""
+
+    def __init__(self, warmup: int, last: int) -> None:
+        self.warmup, self.last = warmup, last
+        self.start = self.seconds = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup:
+            self.start = time.perf_counter()
+        elif trainer.global_step == self.last:
+            self.seconds = time.perf_counter() - self.start
+
+
+def step_time(names: list[str], steps: int, warmup: int, logger: WandbLogger) -> float:
+    """Seconds per training step with the named monitors."""
+    clock = StepClock(warmup, warmup + steps)
+    with tempfile.TemporaryDirectory() as root:
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_steps=warmup + steps + 1,
+            logger=logger,
+            callbacks=[clock] + [MONITORS[n]() for n in names],
+            default_root_dir=root,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+        )
+        pl.seed_everything(0, verbose=False)
+        trainer.fit(Classifier(), datamodule=Data(n_train=BATCH_SIZE * (warmup + steps + 1)))
+    return clock.seconds / steps
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved (with, without) pairs")
+    parser.add_argument("--steps", type=int, default=100, help="timed steps per fit (a multiple of 100)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps at the start of each fit")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch default)")
+    parser.add_argument("--each", action="store_true", help="also time every monitor alone")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+
+    configs = {"all monitors": list(MONITORS)}
+    if args.each:
+        configs.update({name: [name] for name in MONITORS})
+    ratios: dict[str, list[float]] = {name: [] for name in configs}
+    base_times: list[float] = []
+    with tempfile.TemporaryDirectory() as root:
+        logger = WandbLogger(offline=True, save_dir=root, project="gaaf-benchmark")
+        for r in range(args.repeats):
+            for name, monitors in configs.items():
+                # Alternate which side runs first so a drifting load favours neither.
+                if r % 2 == 0:
+                    base = step_time([], args.steps, args.warmup, logger)
+                    timed = step_time(monitors, args.steps, args.warmup, logger)
+                else:
+                    timed = step_time(monitors, args.steps, args.warmup, logger)
+                    base = step_time([], args.steps, args.warmup, logger)
+                base_times.append(base)
+                ratios[name].append(timed / base)
+                print(f"repeat {r + 1}: {name}: {1e3 * timed:.2f} vs {1e3 * base:.2f} ms/step", flush=True)
+        wandb.finish()
+    print(
+        f"\nmedian step time without monitors: {1e3 * statistics.median(base_times):.2f} ms (batch {BATCH_SIZE})"
+    )
+    for name, values in ratios.items():
+        median = statistics.median(values)
+        print(
+            f"{name}: median ratio {median:.3f} -> overhead {100 * (median - 1):+.1f} % over {len(values)} pairs"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -286,14 +286,21 @@ def test_include_globs_select_modules_by_name(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_net_variance_zero_without_dropout_positive_after_dropout(tmp_path):
+@pytest.mark.parametrize("gaaf", [False, True], ids=["plain", "gaaf"])
+def test_net_variance_zero_without_dropout_positive_after_dropout(tmp_path, gaaf):
+    def model(dropout: float = 0.0) -> TinyModule:
+        backbone = mlp(dropout=dropout)
+        if gaaf:
+            apply_gaaf(backbone)
+        return TinyModule(backbone)
+
     plain = NetVariance(every_n_steps=1, repeats=5)
-    trainer(tmp_path / "a", [plain], max_steps=2).fit(TinyModule(mlp()), datamodule=TinyData())
+    trainer(tmp_path / "a", [plain], max_steps=2).fit(model(), datamodule=TinyData())
     assert plain.steps == [0, 1]
     assert all(v == 0.0 for values in plain.history.values() for v in values)
 
     dropped = NetVariance(every_n_steps=1, repeats=5)
-    trainer(tmp_path / "b", [dropped], max_steps=2).fit(TinyModule(mlp(dropout=0.5)), datamodule=TinyData())
+    trainer(tmp_path / "b", [dropped], max_steps=2).fit(model(dropout=0.5), datamodule=TinyData())
     # mlp(dropout): Linear, Tanh, Dropout, Linear, Tanh, Dropout, Linear: the first net sees no dropout.
     assert dropped.history["backbone.1"] == [0.0, 0.0]
     assert all(v > 0 for v in dropped.history["backbone.4"])
@@ -457,3 +464,44 @@ def test_weight_histograms_at_start_and_end(tmp_path):
 def test_argument_errors_name_the_field(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+# ------------------------------------------------------------------------------------------------
+# The project's own model, datamodule and GAAF surgery
+# ------------------------------------------------------------------------------------------------
+
+
+def test_monitors_on_project_cnn_with_gaaf_callback(tmp_path):
+    from _monitor_helpers import monitors
+
+    from lightning_gaaf import GAAFCallback
+    from lightning_gaaf.datamodules import MNISTDataModule
+    from lightning_gaaf.datamodules.synthetic import write_mnist
+    from lightning_gaaf.models import ImageClassifier, SmallCNN
+
+    write_mnist(tmp_path / "data", n_train=64, n_test=24)
+    data = MNISTDataModule(root=str(tmp_path / "data"), batch_size=16, val_size=16, download=False)
+    backbone = SmallCNN(
+        in_channels=1, input_size=28, conv_widths=(4, 4, 8, 8), fc_widths=(16, 8), dropout=0.2
+    )
+    model = ImageClassifier(backbone=backbone, num_classes=10)
+    callbacks = monitors()
+    trainer(tmp_path / "run", [GAAFCallback(), *callbacks], max_steps=2).fit(model, datamodule=data)
+
+    grad, sat, var, corr, _ = callbacks
+    activations = [name for name, m in model.named_modules() if isinstance(m, GAAF)]
+    assert len(activations) == 6  # surgery ran in setup, before the monitors looked for activations
+    assert list(sat.history) == list(var.history) == activations
+    assert sat.stats()["thresholds"][activations[0]]["activation"] == "ReLU"
+    assert "backbone.features.conv1" in grad.history and "backbone.classifier.out" in grad.history
+    assert all(sat.eval_stats[name]["count"] > 0 for name in activations)
+    nodes = {r["layer"]: r["nodes"] for r in corr.rows}
+    assert nodes[activations[0]] == 4 and nodes[activations[-1]] == 8  # conv: channels; fc: units
+    files = {p.name for p in (tmp_path / "run" / "stats").iterdir()}
+    assert files == {
+        "grad_info.json",
+        "saturation.json",
+        "net_var.json",
+        "weights.json",
+        "node_correlation.csv",
+    }

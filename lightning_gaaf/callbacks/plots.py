@@ -199,3 +199,25 @@ def plot_node_correlation(runs: Sequence[Run], path: Path) -> Path:
         ax.set_xlabel("|corr|")
         ax.set_ylabel("share of node pairs")
     return _finish(fig, axes, runs, path)
+
+
+_METRIC_ORDER = ("train/loss", "val/loss", "train/acc", "val/acc")
+
+
+def plot_metrics(runs: Sequence[Run], path: Path) -> Path:
+    """Epoch metrics of ``stats/metrics.json`` (loss, accuracy, ...) over epochs; test metrics in the title."""
+    keys = _layers(runs, lambda s: [k for r in s["epochs"] for k in r if k not in ("epoch", "step")])
+    keys = [k for k in _METRIC_ORDER if k in keys] + sorted(k for k in keys if k not in _METRIC_ORDER)
+    fig, axes = _figure(len(keys), "training curves")
+    for ax, key in zip(axes, keys, strict=True):
+        for i, (label, stats) in enumerate(runs):
+            points = [(r["epoch"], r[key]) for r in stats["epochs"] if r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), color=_color(i), label=label or None, marker=".", lw=1.2)
+        tests = [stats.get("test", {}).get("test/" + key.split("/", 1)[-1]) for _, stats in runs]
+        title = key
+        if any(t is not None for t in tests):
+            title += "   (test: " + ", ".join("n/a" if t is None else f"{t:.4g}" for t in tests) + ")"
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+    return _finish(fig, axes, runs, path)

@@ -1,7 +1,7 @@
 """gaaf-report: draw the monitors' figures for finished runs side by side, from their saved stats.
 
 ``gaaf-report RUN_DIR [RUN_DIR ...] --out DIR [--labels A B ...]`` reads ``<run_dir>/stats/``
-(``grad_info.json``, ``saturation.json``, ``net_var.json``, ``weights.json``,
+(``metrics.json``, ``grad_info.json``, ``saturation.json``, ``net_var.json``, ``weights.json``,
 ``node_correlation.csv``; whichever exist) and writes one PNG per statistic into ``DIR``, each
 with one line or bar per run. No W&B access is needed.
 """
@@ -20,6 +20,7 @@ from lightning_gaaf.callbacks.correlation import read_rows
 
 #: stats file -> (figure file, drawing function); the eval histogram's name follows its split.
 FIGURES: dict[str, tuple[str, Callable[[Sequence[plots.Run], Path], Path]]] = {
+    "metrics.json": ("metrics.png", plots.plot_metrics),
     "grad_info.json": ("grad_info.png", plots.plot_grad_info),
     "saturation.json": ("saturation.png", plots.plot_saturation),
     "net_var.json": ("net_var.png", plots.plot_net_var),
@@ -99,8 +100,8 @@ def make_report(run_dirs: Sequence[Path], out: Path, labels: Sequence[str] | Non
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gaaf-report",
-        description="Draw gradient information, saturation, net histograms, net variance, node correlation "
-        "and weight figures for one or more finished runs side by side, from <run_dir>/stats/.",
+        description="Draw training curves, gradient information, saturation, net histograms, net variance, "
+        "node correlation and weight figures for one or more finished runs side by side, from <run_dir>/stats/.",
     )
     parser.add_argument(
         "run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories of gaaf-fit"

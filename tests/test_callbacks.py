@@ -505,3 +505,18 @@ def test_monitors_on_project_cnn_with_gaaf_callback(tmp_path):
         "weights.json",
         "node_correlation.csv",
     }
+
+
+def test_saturation_of_a_module_without_derivable_area_is_nan_with_a_warning(tmp_path):
+    backbone = nn.Sequential(nn.Linear(6, 5), nn.Softmax(dim=-1), nn.Linear(5, 3))
+    monitor = SaturationMonitor(log_every_n_steps=1, include=["backbone.1"])
+    with pytest.warns(UserWarning, match=r"cannot derive the saturation area of backbone.1"):
+        trainer(tmp_path, [monitor], max_steps=1).fit(TinyModule(backbone), datamodule=TinyData())
+    assert math.isnan(monitor.history["backbone.1"]["saturation"][0])
+    assert math.isfinite(monitor.history["backbone.1"]["mean"][0])
+
+
+def test_fast_dev_run_limits_the_end_of_fit_pass(tmp_path):
+    monitor = SaturationMonitor()
+    trainer(tmp_path, [monitor], max_steps=-1, fast_dev_run=1).fit(TinyModule(mlp()), datamodule=TinyData())
+    assert monitor.eval_stats["backbone.1"]["count"] == 8 * 8  # one test batch of 8, 8 nodes

@@ -330,8 +330,9 @@ def evaluation_pass(trainer: pl.Trainer, pl_module: pl.LightningModule, split: s
     Each rank sees its own shard; hooks registered by the caller collect statistics. Batches go
     through ``on_before_batch_transfer``, the strategy's ``batch_to_device`` (which calls
     ``transfer_batch_to_device`` and ``on_after_batch_transfer`` of the module or datamodule) and the
-    precision plugin's forward context, like in ``trainer.test``. Returns False (with a warning) when
-    there is no such dataloader.
+    precision plugin's forward context, like in ``trainer.test``. The whole split is used (the
+    ``limit_*_batches`` of the trainer's own loops do not apply) except under ``fast_dev_run``.
+    Returns False (with a warning) when there is no such dataloader.
     """
     loaders = _dataloaders(trainer, pl_module, split)
     if not loaders:
@@ -342,9 +343,12 @@ def evaluation_pass(trainer: pl.Trainer, pl_module: pl.LightningModule, split: s
         return False
     precision = trainer.precision_plugin
     # isolate_rng: creating a DataLoader iterator draws a seed from the global RNG.
+    limit = int(trainer.fast_dev_run) if trainer.fast_dev_run else None  # a quick check stays quick
     with isolate_rng(), _frozen_eval(trainer, pl_module, split):
         for idx, loader in enumerate(loaders):
-            for batch in _shard(trainer, loader):
+            for i, batch in enumerate(_shard(trainer, loader)):
+                if limit is not None and i >= limit:
+                    break
                 batch = precision.convert_input(batch)
                 batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=idx)
                 batch = trainer.strategy.batch_to_device(batch, dataloader_idx=idx)

@@ -10,6 +10,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_gaaf.callbacks import plots
@@ -230,6 +231,12 @@ class SaturationMonitor(Callback):
         self._layers = activation_modules(pl_module, self.include)
         require_layers(type(self).__name__, self._layers, "activation modules")
         self._intervals = resolve_intervals(self._layers, self.thresholds)
+        unknown = [name for name, iv in self._intervals.items() if iv is None]
+        if unknown:
+            rank_zero_warn(
+                f"SaturationMonitor: cannot derive the saturation area of {', '.join(unknown)} (not an "
+                "elementwise activation); their saturation reads NaN unless thresholds={'<layer>': t} is given"
+            )
         self._every = (
             self.log_every_n_steps if self.log_every_n_steps is not None else trainer.log_every_n_steps
         )

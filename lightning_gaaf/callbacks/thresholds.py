@@ -4,24 +4,8 @@ Rule: the saturation area of ``phi`` is the set of nets ``z`` where ``|phi'(z)| 
 i.e. where less than 10 % of the activation's best gradient gets through. The intervals are found
 numerically from the module itself (autograd on a fine grid over [-20, 20], boundaries refined by
 bisection), so parameters such as LeakyReLU's slope or ELU's alpha are taken into account and no
-number is typed in by hand. Values for the default parameters (``z*`` = boundary):
-
-================  =============================================  ======================
-activation        saturation area                                closed form
-================  =============================================  ======================
-Tanh              ``|z| > 1.8184``                               ``atanh(sqrt(0.9))``
-Sigmoid           ``|z| > 3.6369``                               ``2 atanh(sqrt(0.9))``
-Hardtanh / ReLU6  ``z < min_val`` or ``z > max_val``             (-1, 1) / (0, 6)
-ReLU              ``z < 0``                                      derivative is 0
-LeakyReLU(0.01)   ``z < 0`` (none if ``negative_slope >= 0.1``)  slope below 10 %
-ELU(alpha=1)      ``z < -2.3026``                                ``ln 0.1``
-Softplus(beta=1)  ``z < -2.1972``                                ``-ln 9``
-SiLU              ``z < -0.8825``                                numeric
-GELU              ``z < -1.7282`` or ``-1.1583 < z < -0.5324``   numeric
-================  =============================================  ======================
-
-GELU's derivative dips below zero for negative nets and its magnitude there (up to 0.129) briefly
-exceeds the 10 % cut (0.113), hence two intervals.
+number is typed in by hand. The values for default parameters are tabulated in
+:class:`~lightning_gaaf.callbacks.SaturationMonitor` (e.g. tanh: ``|z| > atanh(sqrt(0.9)) = 1.8184``).
 
 A GAAF module uses the area of its plain activation (``.base``): GAAF exists to put gradient into
 exactly that area.
@@ -29,6 +13,7 @@ exactly that area.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
@@ -63,8 +48,16 @@ def saturation_intervals(activation: nn.Module, ratio: float = SATURATION_RATIO)
 
     ``activation`` must be elementwise; it is evaluated in float64 on the CPU.
     """
-    module = plain_activation(activation)
+    # A float64 CPU copy: the grid needs float64 and the module may live on an accelerator.
+    module = copy.deepcopy(plain_activation(activation)).to("cpu", torch.float64)
     grid = torch.linspace(-_GRID_LIMIT, _GRID_LIMIT, _GRID_POINTS, dtype=torch.float64)
+    with torch.no_grad():  # elementwise: each output depends on its own input only
+        whole, half = module(grid.clone()), _GRID_POINTS // 2
+        parts = torch.cat([module(grid[:half].clone()), module(grid[half:].clone())])
+    if whole.shape != grid.shape or not torch.allclose(whole, parts, equal_nan=True):
+        raise ValueError(
+            f"{type(module).__name__} is not an elementwise activation; give its threshold explicitly"
+        )
     deriv = _derivative(module, grid)
     peak = float(deriv.max())
     if not math.isfinite(peak) or peak <= 0:

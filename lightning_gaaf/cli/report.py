@@ -71,6 +71,17 @@ def run_labels(run_dirs: Sequence[Path], labels: Sequence[str] | None) -> list[s
     return [str(d) for d in run_dirs]
 
 
+def _has_series(filename: str, stats: Any) -> bool:
+    """Whether a stats file holds anything to draw (a short run may end before the first record)."""
+    if filename == "node_correlation.csv":
+        return bool(stats)
+    if filename == "metrics.json":
+        return bool(stats.get("epochs"))
+    if filename == "weights.json":
+        return bool(stats.get("layers"))
+    return bool(stats.get("steps"))
+
+
 def make_report(run_dirs: Sequence[Path], out: Path, labels: Sequence[str] | None = None) -> list[Path]:
     """Draw every figure that at least one run has statistics for; return the PNG paths."""
     if not run_dirs:
@@ -88,7 +99,8 @@ def make_report(run_dirs: Sequence[Path], out: Path, labels: Sequence[str] | Non
         ]
         if not runs:
             continue
-        written.append(draw(runs, out / figure))
+        if any(_has_series(filename, stats) for _, stats in runs):
+            written.append(draw(runs, out / figure))
         if filename == "saturation.json":
             with_eval = [(label, s) for label, s in runs if s.get("eval")]
             if with_eval:

@@ -520,3 +520,35 @@ def test_fast_dev_run_limits_the_end_of_fit_pass(tmp_path):
     monitor = SaturationMonitor()
     trainer(tmp_path, [monitor], max_steps=-1, fast_dev_run=1).fit(TinyModule(mlp()), datamodule=TinyData())
     assert monitor.eval_stats["backbone.1"]["count"] == 8 * 8  # one test batch of 8, 8 nodes
+
+
+def test_history_survives_resuming_from_a_checkpoint(tmp_path):
+    first = [GradientInformation(log_every_n_steps=1), SaturationMonitor(log_every_n_steps=1)]
+    model = TinyModule(mlp())
+    fit = trainer(tmp_path, first, max_steps=2)
+    fit.fit(model, datamodule=TinyData())
+    fit.save_checkpoint(tmp_path / "mid.ckpt")
+
+    second = [GradientInformation(log_every_n_steps=1), SaturationMonitor(log_every_n_steps=1)]
+    trainer(tmp_path, second, max_steps=4).fit(
+        TinyModule(mlp()), datamodule=TinyData(), ckpt_path=tmp_path / "mid.ckpt"
+    )
+    for before, after in zip(first, second, strict=True):
+        assert before.steps == [0, 1] and after.steps == [0, 1, 2, 3]
+    assert second[0].history["backbone.0"][:2] == first[0].history["backbone.0"]
+    assert second[1].history["backbone.1"]["hist"][:2] == first[1].history["backbone.1"]["hist"]
+    saved = json.loads((tmp_path / "stats" / "grad_info.json").read_text())
+    assert saved["steps"] == [0, 1, 2, 3]
+
+
+def test_a_failing_end_of_fit_pass_keeps_the_fit_and_warns(tmp_path):
+    class NoTestData(TinyData):
+        def setup(self, stage=None):
+            if stage == "test":
+                raise FileNotFoundError("test split missing")
+
+    monitor = SaturationMonitor(log_every_n_steps=1)
+    with pytest.warns(UserWarning, match="no test data for the end-of-fit pass .*test split missing"):
+        trainer(tmp_path, [monitor], max_steps=1).fit(TinyModule(mlp()), datamodule=NoTestData())
+    assert monitor.steps == [0] and monitor.eval_stats is None
+    assert json.loads((tmp_path / "stats" / "saturation.json").read_text())["eval"] is None

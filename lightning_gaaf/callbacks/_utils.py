@@ -334,7 +334,11 @@ def evaluation_pass(trainer: pl.Trainer, pl_module: pl.LightningModule, split: s
     ``limit_*_batches`` of the trainer's own loops do not apply) except under ``fast_dev_run``.
     Returns False (with a warning) when there is no such dataloader.
     """
-    loaders = _dataloaders(trainer, pl_module, split)
+    try:
+        loaders = _dataloaders(trainer, pl_module, split)
+    except Exception as err:  # e.g. test files missing: the fit itself succeeded, keep it
+        rank_zero_warn(f"{owner}: no {split} data for the end-of-fit pass ({type(err).__name__}: {err})")
+        return False
     if not loaders:
         rank_zero_warn(
             f"{owner}: no {split}_dataloader on the datamodule or the LightningModule; skipping the "
@@ -344,14 +348,21 @@ def evaluation_pass(trainer: pl.Trainer, pl_module: pl.LightningModule, split: s
     precision = trainer.precision_plugin
     # isolate_rng: creating a DataLoader iterator draws a seed from the global RNG.
     limit = int(trainer.fast_dev_run) if trainer.fast_dev_run else None  # a quick check stays quick
-    with isolate_rng(), _frozen_eval(trainer, pl_module, split):
-        for idx, loader in enumerate(loaders):
-            for i, batch in enumerate(_shard(trainer, loader)):
-                if limit is not None and i >= limit:
-                    break
-                batch = precision.convert_input(batch)
-                batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=idx)
-                batch = trainer.strategy.batch_to_device(batch, dataloader_idx=idx)
-                with precision.forward_context():
-                    pl_module(model_input(batch))
+    try:
+        with isolate_rng(), _frozen_eval(trainer, pl_module, split):
+            for idx, loader in enumerate(loaders):
+                for i, batch in enumerate(_shard(trainer, loader)):
+                    if limit is not None and i >= limit:
+                        break
+                    batch = precision.convert_input(batch)
+                    batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=idx)
+                    batch = trainer.strategy.batch_to_device(batch, dataloader_idx=idx)
+                    with precision.forward_context():
+                        pl_module(model_input(batch))
+    except Exception as err:  # the fit itself succeeded: keep it and the other statistics
+        rank_zero_warn(
+            f"{owner}: the end-of-fit pass over the {split} data failed ({type(err).__name__}: {err}); "
+            "its statistics are left out"
+        )
+        return False
     return True

@@ -81,6 +81,17 @@ class GradientInformation(Callback):
             self.history[name].append(value)
         log_step(trainer, {f"gaaf/grad_info/{name}": v for name, v in values.items()}, step)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The history goes into checkpoints, so a resumed fit continues it."""
+        return {"steps": list(self.steps), "history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Only a fresh callback takes the checkpoint's history: ``trainer.test(ckpt_path="best")``
+        # restores callback state too and must not cut a finished history back to the best epoch.
+        if not self.steps:
+            self.steps = list(state_dict.get("steps", []))
+            self.history = state_dict.get("history", {})
+
     def summary(self) -> dict[str, float]:
         """Mean gradient information over all logged steps, per layer (paper Table 2)."""
         out = {}

@@ -323,6 +323,17 @@ class SaturationMonitor(Callback):
         if trainer.is_global_zero:
             self._save(trainer)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The history goes into checkpoints, so a resumed fit continues it."""
+        return {"steps": list(self.steps), "history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Only a fresh callback takes the checkpoint's history: ``trainer.test(ckpt_path="best")``
+        # restores callback state too and must not cut a finished history back to the best epoch.
+        if not self.steps:
+            self.steps = list(state_dict.get("steps", []))
+            self.history = state_dict.get("history", {})
+
     def stats(self) -> dict[str, Any]:
         """Everything recorded so far, in the format of ``stats/saturation.json``."""
         return {

@@ -176,6 +176,17 @@ class NetVariance(Callback):
         totals = all_reduce_sum(trainer, torch.stack(rows)).cpu().tolist()  # one collective, one transfer
         return {name: s / c if c else math.nan for name, (s, c) in zip(names, totals, strict=True)}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The history goes into checkpoints, so a resumed fit continues it."""
+        return {"steps": list(self.steps), "history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Only a fresh callback takes the checkpoint's history: ``trainer.test(ckpt_path="best")``
+        # restores callback state too and must not cut a finished history back to the best epoch.
+        if not self.steps:
+            self.steps = list(state_dict.get("steps", []))
+            self.history = state_dict.get("history", {})
+
     def summary(self) -> dict[str, float]:
         out = {}
         for name, values in self.history.items():

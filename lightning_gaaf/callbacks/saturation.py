@@ -241,9 +241,17 @@ class SaturationMonitor(Callback):
             self.log_every_n_steps if self.log_every_n_steps is not None else trainer.log_every_n_steps
         )
         self._acc = self._accumulator(pl_module.device)
+        n = len(self.steps)  # a layer new to a resumed history gets empty records for earlier steps
         for name in self._layers:
             self.history.setdefault(
-                name, {k: [] for k in ("count", "saturation", "mean", "std", "below", "above", "hist")}
+                name,
+                {
+                    "count": [0] * n,
+                    **{k: [math.nan] * n for k in ("saturation", "mean", "std")},
+                    "below": [0] * n,
+                    "above": [0] * n,
+                    "hist": [[0] * self.bins for _ in range(n)],
+                },
             )
 
     def _accumulator(self, device: torch.device) -> NetAccumulator:

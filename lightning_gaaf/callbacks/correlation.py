@@ -97,8 +97,8 @@ class NodeCorrelation(Callback):
 
     A hidden node is one output of an activation module (GAAF or plain; or modules matched by
     ``include``), collected by forward hooks while the model runs in eval mode over the whole
-    ``split`` dataloader. For conv feature maps (more than 2 dims) a node is a channel and its value
-    per sample is the channel's spatial mean. Sums ``n``, ``sum x`` and ``sum x x^T`` are kept in float64
+    ``split`` dataloader. For conv feature maps (more than 2 dims, channels first: ``(N, C, ...)``) a
+    node is a channel and its value per sample is the channel's spatial mean. Sums ``n``, ``sum x`` and ``sum x x^T`` are kept in float64
     on the device and summed across ranks with one ``all_reduce`` before the correlation is formed.
     Dead nodes (zero variance over the split, e.g. ReLUs that never fire; numerically: variance
     <= 1e-12 (1 + mean^2)) have no correlation and are excluded: ``total_pairs`` counts pairs of

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "ACTIVATIONS",
     "DEFAULT_K",
     "GAAF",
     "SHAPES",
@@ -355,7 +356,8 @@ SUPPORTED_ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.Softplus,
 )
 
-_ACTIVATION_NAMES: dict[str, Callable[[], nn.Module]] = {
+#: Plain activation modules by name (what configs and :func:`activation_from_name` accept).
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
     "relu": nn.ReLU,
@@ -375,10 +377,10 @@ _GAUSS_DEFAULT = ("tanh", "sigmoid", "hardtanh")
 def activation_from_name(name: str) -> nn.Module:
     """A fresh plain activation module for a name such as ``"tanh"`` or ``"leaky_relu"``."""
     try:
-        return _ACTIVATION_NAMES[name]()
+        return ACTIVATIONS[name]()
     except KeyError:
         raise ValueError(
-            f"unknown activation {name!r}; known activations: {', '.join(sorted(_ACTIVATION_NAMES))}"
+            f"unknown activation {name!r}; known activations: {', '.join(sorted(ACTIVATIONS))}"
         ) from None
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_gaaf.activations import (
-    _ACTIVATION_NAMES,
+    ACTIVATIONS,
     DEFAULT_K,
     GAAF,
     SUPPORTED_ACTIVATIONS,
@@ -84,8 +84,8 @@ def target_classes(targets: Iterable[str | type[nn.Module]] | str | type | None)
     for t in targets:
         if isinstance(t, type) and issubclass(t, nn.Module):
             classes.append(t)
-        elif isinstance(t, str) and t in _ACTIVATION_NAMES:
-            classes.append(type(_ACTIVATION_NAMES[t]()))
+        elif isinstance(t, str) and t in ACTIVATIONS:
+            classes.append(type(ACTIVATIONS[t]()))
         elif isinstance(t, str) and t in {c.__name__ for c in SUPPORTED_ACTIVATIONS}:
             classes.append(getattr(nn, t))
         elif isinstance(t, str) and "." in t:
@@ -96,7 +96,7 @@ def target_classes(targets: Iterable[str | type[nn.Module]] | str | type | None)
                 raise ValueError(f"apply_gaaf: unknown target {t!r} (cannot import it)") from None
             classes.append(cls)
         else:
-            known = ", ".join(sorted(_ACTIVATION_NAMES))
+            known = ", ".join(sorted(ACTIVATIONS))
             raise ValueError(
                 f"apply_gaaf: unknown target {t!r}; use an nn.Module class, a class path, or one of: {known}"
             )

@@ -117,7 +117,11 @@ def test_usable_from_a_lightning_cli_config(tmp_path):
             "callbacks": [
                 {
                     "class_path": "lightning_gaaf.GAAFCallback",
-                    "init_args": {"K": 5000, "shape": "shifted_sigmoid", "shape_kwargs": {"a": 2.0, "b": 0.5}},
+                    "init_args": {
+                        "K": 5000,
+                        "shape": "shifted_sigmoid",
+                        "shape_kwargs": {"a": 2.0, "b": 0.5},
+                    },
                 }
             ],
             "max_steps": 1,

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gaaf import GAAF, apply_gaaf
+from lightning_gaaf.activations import SUPPORTED_ACTIVATIONS
 from lightning_gaaf.models import (
     ACTIVATIONS,
     MLP,
@@ -38,7 +39,7 @@ def n_params(model: nn.Module) -> int:
 
 
 def activation_names(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, tuple(set(ACTIVATIONS.values())) + (GAAF,))]
+    return [n for n, m in model.named_modules() if isinstance(m, (*SUPPORTED_ACTIVATIONS, GAAF))]
 
 
 # ----------------------------------------------------------------------------- parameter counts
@@ -157,11 +158,14 @@ def test_make_activation_builds_fresh_plain_modules() -> None:
         "leaky_relu": nn.LeakyReLU,
         "elu": nn.ELU,
         "gelu": nn.GELU,
+        "gelu_tanh": nn.GELU,
         "silu": nn.SiLU,
         "hardtanh": nn.Hardtanh,
+        "relu6": nn.ReLU6,
         "softplus": nn.Softplus,
     }
     assert set(ACTIVATIONS) == set(expected)
+    assert make_activation("gelu_tanh").approximate == "tanh"
     for name, cls in expected.items():
         a, b = make_activation(name), make_activation(name)
         assert type(a) is cls and a is not b

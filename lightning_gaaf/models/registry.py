@@ -1,27 +1,17 @@
 """Activation modules by name, so configs say ``activation: tanh`` and every layer gets its own module.
 
 One module instance per layer matters: GAAF surgery and the monitors address activations by their
-qualified module name, so a shared instance would merge all layers into one.
+qualified module name, so a shared instance would merge all layers into one. The names are those of
+:data:`lightning_gaaf.activations.ACTIVATIONS` (one registry for the whole package).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from torch import nn
 
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "relu": nn.ReLU,
-    "leaky_relu": nn.LeakyReLU,
-    "elu": nn.ELU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "hardtanh": nn.Hardtanh,
-    "softplus": nn.Softplus,
-}
-"""Names accepted by :func:`make_activation`, mapped to plain ``torch.nn`` classes (default arguments)."""
+from lightning_gaaf.activations import ACTIVATIONS
+
+__all__ = ["ACTIVATIONS", "check_activation", "make_activation"]
 
 
 def check_activation(name: str, field: str = "activation") -> str:

@@ -40,6 +40,9 @@ def fit_env(data_dir: Path | str, **extra: str) -> dict[str, str]:
     """Environment for a gaaf-fit subprocess: offline W&B, eager GAAF, data from ``data_dir``."""
     env = dict(os.environ)
     env.pop(RUN_DIR_ENV, None)
+    # An in-process W&B run of an earlier test leaves its service address here; a child process must
+    # start its own service, or its offline files are written by the parent's, after the child exits.
+    env.pop("WANDB_SERVICE", None)
     env.update(
         GAAF_DATA_DIR=str(data_dir),
         WANDB_MODE="offline",

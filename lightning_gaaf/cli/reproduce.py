@@ -258,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     env = dict(os.environ)
+    env.pop("WANDB_SERVICE", None)  # each run starts its own W&B service and flushes it before exiting
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     env.setdefault("OMP_NUM_THREADS", str(threads))
     if args.quick:

@@ -366,3 +366,32 @@ def evaluation_pass(trainer: pl.Trainer, pl_module: pl.LightningModule, split: s
         )
         return False
     return True
+
+
+class StepHistory:
+    """Mixin for monitors that record ``steps`` and per-layer ``history``: both go into checkpoints.
+
+    A resumed fit continues the history. Only a fresh callback takes the checkpoint's history:
+    ``trainer.test(ckpt_path="best")`` restores callback state too and must not cut a finished
+    history back to the best epoch.
+    """
+
+    steps: list[int]
+    history: dict[str, Any]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": list(self.steps), "history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not self.steps:
+            self.steps = list(state_dict.get("steps", []))
+            self.history = state_dict.get("history", {})
+
+
+def finite_means(history: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """Mean of the finite values of each layer's history (NaN where there is none)."""
+    out = {}
+    for name, values in history.items():
+        finite = [v for v in values if math.isfinite(v)]
+        out[name] = sum(finite) / len(finite) if finite else math.nan
+    return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
@@ -13,7 +12,9 @@ from torch import nn
 
 from lightning_gaaf.callbacks import plots
 from lightning_gaaf.callbacks._utils import (
+    StepHistory,
     check_interval,
+    finite_means,
     is_log_step,
     log_images,
     log_step,
@@ -26,7 +27,7 @@ from lightning_gaaf.callbacks._utils import (
 )
 
 
-class GradientInformation(Callback):
+class GradientInformation(StepHistory, Callback):
     """Mean ``|dE/dW|`` over each weight tensor (Linear, Conv1d/2d/3d), every N optimizer steps.
 
     Read in ``on_before_optimizer_step``: gradients are complete there (all micro-batches
@@ -81,24 +82,9 @@ class GradientInformation(Callback):
             self.history[name].append(value)
         log_step(trainer, {f"gaaf/grad_info/{name}": v for name, v in values.items()}, step)
 
-    def state_dict(self) -> dict[str, Any]:
-        """The history goes into checkpoints, so a resumed fit continues it."""
-        return {"steps": list(self.steps), "history": self.history}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Only a fresh callback takes the checkpoint's history: ``trainer.test(ckpt_path="best")``
-        # restores callback state too and must not cut a finished history back to the best epoch.
-        if not self.steps:
-            self.steps = list(state_dict.get("steps", []))
-            self.history = state_dict.get("history", {})
-
     def summary(self) -> dict[str, float]:
         """Mean gradient information over all logged steps, per layer (paper Table 2)."""
-        out = {}
-        for name, values in self.history.items():
-            finite = [v for v in values if math.isfinite(v)]
-            out[name] = float(np.mean(finite)) if finite else math.nan
-        return out
+        return finite_means(self.history)
 
     def stats(self) -> dict[str, Any]:
         """Everything recorded, in the format of ``stats/grad_info.json``."""

@@ -17,6 +17,7 @@ from lightning_gaaf.callbacks import plots
 from lightning_gaaf.callbacks._utils import (
     SPLITS,
     HookSet,
+    StepHistory,
     activation_modules,
     all_reduce_sum,
     check_include,
@@ -128,7 +129,7 @@ class NetAccumulator:
         return out
 
 
-class SaturationMonitor(Callback):
+class SaturationMonitor(StepHistory, Callback):
     """Fraction of nets in each activation's saturation area, their mean, std and histogram.
 
     The net of an activation is its input ``z`` (pre-activation). It is read by forward
@@ -330,17 +331,6 @@ class SaturationMonitor(Callback):
                 self.eval_stats = acc.summarize(acc.reduce(trainer))
         if trainer.is_global_zero:
             self._save(trainer)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The history goes into checkpoints, so a resumed fit continues it."""
-        return {"steps": list(self.steps), "history": self.history}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Only a fresh callback takes the checkpoint's history: ``trainer.test(ckpt_path="best")``
-        # restores callback state too and must not cut a finished history back to the best epoch.
-        if not self.steps:
-            self.steps = list(state_dict.get("steps", []))
-            self.history = state_dict.get("history", {})
 
     def stats(self) -> dict[str, Any]:
         """Everything recorded so far, in the format of ``stats/saturation.json``."""

@@ -14,11 +14,13 @@ from torch import Tensor, nn
 from lightning_gaaf.callbacks import plots
 from lightning_gaaf.callbacks._utils import (
     HookSet,
+    StepHistory,
     activation_modules,
     all_reduce_sum,
     check_include,
     check_interval,
     extra_forwards,
+    finite_means,
     is_log_step,
     log_images,
     log_step,
@@ -70,7 +72,7 @@ class _RepeatVariance:
         return out
 
 
-class NetVariance(Callback):
+class NetVariance(StepHistory, Callback):
     """Variance of each node's net over repeated dropout masks, averaged per layer.
 
     Every ``every_n_steps`` optimizer steps, before the training forward, the first ``max_samples``
@@ -176,23 +178,9 @@ class NetVariance(Callback):
         totals = all_reduce_sum(trainer, torch.stack(rows)).cpu().tolist()  # one collective, one transfer
         return {name: s / c if c else math.nan for name, (s, c) in zip(names, totals, strict=True)}
 
-    def state_dict(self) -> dict[str, Any]:
-        """The history goes into checkpoints, so a resumed fit continues it."""
-        return {"steps": list(self.steps), "history": self.history}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Only a fresh callback takes the checkpoint's history: ``trainer.test(ckpt_path="best")``
-        # restores callback state too and must not cut a finished history back to the best epoch.
-        if not self.steps:
-            self.steps = list(state_dict.get("steps", []))
-            self.history = state_dict.get("history", {})
-
     def summary(self) -> dict[str, float]:
-        out = {}
-        for name, values in self.history.items():
-            finite = [v for v in values if math.isfinite(v)]
-            out[name] = sum(finite) / len(finite) if finite else math.nan
-        return out
+        """Mean net variance over all logged steps, per layer (paper Table 3)."""
+        return finite_means(self.history)
 
     def stats(self) -> dict[str, Any]:
         """The format of ``stats/net_var.json``."""

@@ -91,3 +91,19 @@ def test_missing_configs_is_a_clear_error(tmp_path):
     assert proc.returncode != 0
     assert "configs/mnist_{base,dropout,gaaf}.yaml not found" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_fashion_mnist_uses_the_same_configs_with_its_own_data(tmp_path):
+    write_mnist(tmp_path / "data", n_train=1200, n_test=100, variant="FashionMNIST")
+    cmd = [
+        sys.executable, "-m", "lightning_gaaf.cli.reproduce", "fashion_mnist", "--quick",
+        "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--configs", str(CONFIGS),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["dataset"] == "fashion_mnist" and results["paper"] is None
+    for model in ("base", "dropout", "gaaf"):
+        config = (tmp_path / "out" / "runs" / model / "seed_0" / "config.yaml").read_text()
+        assert "class_path: lightning_gaaf.datamodules.FashionMNISTDataModule" in config
+    assert "| n/a | n/a |" in (tmp_path / "out" / "table4.md").read_text()

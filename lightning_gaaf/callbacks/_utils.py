@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -386,6 +386,22 @@ class StepHistory:
         if not self.steps:
             self.steps = list(state_dict.get("steps", []))
             self.history = state_dict.get("history", {})
+
+    def stats(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def publish(self, trainer: pl.Trainer, statistic: str, plot: Callable[..., Path]) -> None:
+        """Rank 0 at the end of training: ``stats/<statistic>.json``, the per-layer means of
+        ``stats()["summary"]`` in the run summary (``gaaf/<statistic>_mean/<layer>``), and
+        ``report/<statistic>.png`` logged as ``gaaf/report/<statistic>``."""
+        if not trainer.is_global_zero:
+            return
+        stats = self.stats()
+        write_json(stats_dir(trainer) / f"{statistic}.json", stats)
+        log_summary(trainer, {f"gaaf/{statistic}_mean/{name}": v for name, v in stats["summary"].items()})
+        if self.steps:
+            path = plot([("", stats)], report_dir(trainer) / f"{statistic}.png")
+            log_images(trainer, {f"gaaf/report/{statistic}": path})
 
 
 def finite_means(history: Mapping[str, Sequence[float]]) -> dict[str, float]:

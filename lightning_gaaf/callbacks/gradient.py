@@ -16,14 +16,9 @@ from lightning_gaaf.callbacks._utils import (
     check_interval,
     finite_means,
     is_log_step,
-    log_images,
     log_step,
-    log_summary,
-    report_dir,
     require_layers,
-    stats_dir,
     weight_layers,
-    write_json,
 )
 
 
@@ -98,11 +93,4 @@ class GradientInformation(StepHistory, Callback):
         }
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        stats = self.stats()
-        write_json(stats_dir(trainer) / "grad_info.json", stats)
-        log_summary(trainer, {f"gaaf/grad_info_mean/{name}": v for name, v in stats["summary"].items()})
-        if self.steps:
-            path = plots.plot_grad_info([("", stats)], report_dir(trainer) / "grad_info.png")
-            log_images(trainer, {"gaaf/report/grad_info": path})
+        self.publish(trainer, "grad_info", plots.plot_grad_info)

@@ -22,14 +22,9 @@ from lightning_gaaf.callbacks._utils import (
     extra_forwards,
     finite_means,
     is_log_step,
-    log_images,
     log_step,
-    log_summary,
     model_input,
-    report_dir,
     require_layers,
-    stats_dir,
-    write_json,
 )
 
 
@@ -196,14 +191,7 @@ class NetVariance(StepHistory, Callback):
         }
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        stats = self.stats()
-        write_json(stats_dir(trainer) / "net_var.json", stats)
-        log_summary(trainer, {f"gaaf/net_var_mean/{name}": v for name, v in stats["summary"].items()})
-        if self.steps:
-            path = plots.plot_net_var([("", stats)], report_dir(trainer) / "net_var.png")
-            log_images(trainer, {"gaaf/report/net_var": path})
+        self.publish(trainer, "net_var", plots.plot_net_var)
 
 
 def _recorder(tracker: _RepeatVariance):

@@ -7,7 +7,8 @@ on in-memory MNIST, timed alternately through
   cross-entropy, backward, step), same model, optimizer and batch size;
 * ``lightning``: ``ImageClassifier`` + ``MNISTDataModule`` + ``pl.Trainer(max_epochs=1)`` with no
   logger, no checkpointing, no progress bar, no validation (the stack of ``gaaf-fit``);
-* ``lightning+monitors``: the same with the monitors every config enables
+* ``lightning barebones``: ``pl.Trainer(barebones=True)``, the floor of Lightning's own loop;
+* ``lightning+monitors``: the same as ``lightning`` with the monitors every config enables
   (``GradientInformation``, ``SaturationMonitor`` at their default interval) and a CSV logger for
   them to write to.
 
@@ -115,6 +116,22 @@ def lightning_epoch(backbone: torch.nn.Module, dm: MNISTDataModule, monitors: bo
     EPOCH_TIMES[monitors] += timer.seconds
 
 
+def barebones_epoch(backbone: torch.nn.Module, dm: MNISTDataModule) -> None:
+    """The floor of any Trainer: ``barebones=True`` turns off every logging and callback feature."""
+    model = ImageClassifier(
+        copy.deepcopy(backbone), optimizer=lambda p: torch.optim.SGD(p, lr=LR, momentum=MOMENTUM)
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        barebones=True,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, datamodule=dm)
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -144,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         "raw": lambda: raw_epoch(backbone, images, labels),
         "lightning": lambda: lightning_epoch(backbone, dm, False, tmp),
         "lightning+monitors": lambda: lightning_epoch(backbone, dm, True, tmp),
+        "lightning barebones": lambda: barebones_epoch(backbone, dm),
     }
     for fn in variants.values():  # warm-up (allocator, compiled GAAF kernels, imports)
         fn()

@@ -20,6 +20,7 @@ plus a fused GAAF term).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import types
@@ -66,10 +67,12 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+@functools.cache
 def _inverse_k(K: float, dtype: torch.dtype) -> float:
     """``1/K`` rounded *down* in ``dtype``, so ``|g| <= 0.5/K`` holds exactly after rounding.
 
-    Multiplying by a reciprocal instead of dividing keeps compiled kernels fast.
+    Multiplying by a reciprocal instead of dividing keeps compiled kernels fast. Cached: the generic
+    path and :func:`sawtooth` ask for it on every call.
     """
     inv = 1.0 / K
     t = torch.tensor(inv, dtype=dtype)

@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 2 epochs, a few batches")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seeds = min(args.seeds, 1) if "--seeds" in (argv or sys.argv) else 1
+        args.seeds = min(args.seeds, 1)
         args.max_epochs, args.patience = min(args.max_epochs, 2), min(args.patience, 1)
         args.val_size = 500 if args.val_size is None else args.val_size
     if args.seeds < 1 or args.max_epochs < 1 or args.patience < 1 or args.jobs < 1:

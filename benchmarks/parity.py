@@ -71,6 +71,13 @@ def raw_epoch(backbone: torch.nn.Module, images: torch.Tensor, labels: torch.Ten
         optimizer.step()
 
 
+def make_classifier(backbone: torch.nn.Module) -> ImageClassifier:
+    """A fresh copy of ``backbone`` in the gaaf-fit LightningModule, same optimizer as the raw loop."""
+    return ImageClassifier(
+        copy.deepcopy(backbone), optimizer=lambda p: torch.optim.SGD(p, lr=LR, momentum=MOMENTUM)
+    )
+
+
 class EpochTimer(pl.Callback):
     """Wall time of the training epoch itself, inside a fit (no Trainer start-up, no fit-end work)."""
 
@@ -88,9 +95,7 @@ EPOCH_TIMES: dict[bool, list[float]] = {False: [], True: []}
 
 
 def lightning_epoch(backbone: torch.nn.Module, dm: MNISTDataModule, monitors: bool, log_dir: str) -> None:
-    model = ImageClassifier(
-        copy.deepcopy(backbone), optimizer=lambda p: torch.optim.SGD(p, lr=LR, momentum=MOMENTUM)
-    )
+    model = make_classifier(backbone)
     timer = EpochTimer()
     callbacks: list[pl.Callback] = [timer]
     logger: CSVLogger | bool = False
@@ -118,9 +123,7 @@ def lightning_epoch(backbone: torch.nn.Module, dm: MNISTDataModule, monitors: bo
 
 def barebones_epoch(backbone: torch.nn.Module, dm: MNISTDataModule) -> None:
     """The floor of any Trainer: ``barebones=True`` turns off every logging and callback feature."""
-    model = ImageClassifier(
-        copy.deepcopy(backbone), optimizer=lambda p: torch.optim.SGD(p, lr=LR, momentum=MOMENTUM)
-    )
+    model = make_classifier(backbone)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_gaaf import native
+
 __all__ = [
     "ACTIVATIONS",
     "DEFAULT_K",
@@ -559,6 +561,15 @@ class _Kernels:
         )
         self._compiled: dict[tuple[str, str, bool], Callable | None] = {}
         self._fallback_warned = False
+        self._native = None
+        if (
+            K is not None
+            and type(shape) in (Gauss, ShiftedSigmoid, One)
+            and native.NativeKernels.supports(base.name, shape.name)
+        ):
+            self._native = native.NativeKernels(
+                base.name, base.params, shape.name, shape.params, float(K), self._inv_k[torch.float32]
+            )
 
     # Reference math (eager path, float64, CUDA). ``x`` is already in the compute dtype.
     def forward_math(self, x: Tensor) -> Tensor:
@@ -649,15 +660,32 @@ class _Kernels:
             out = self._math(which, fast=False)(*flat)
         return out.view(tensors[0].shape)
 
+    def _use_native(self, x: Tensor) -> bool:
+        """Native C kernels: float32 CPU math of a supported (base, shape), compiled kernels on."""
+        return (
+            self._native is not None
+            and x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and compile_enabled()
+            and native.native_enabled()
+            and not torch.compiler.is_compiling()
+            and native.load_library() is not None
+        )
+
     def forward(self, x: Tensor) -> Tensor:
         if self.K is None:
             return self.base.fn(x)  # exact mode: bit-identical to phi
-        cdt = _compute_dtype(x.dtype)
-        return self._run("forward", x.to(cdt)).to(x.dtype)
+        xc = x.to(_compute_dtype(x.dtype))
+        if self._use_native(xc):
+            return self._native.forward(xc.contiguous()).to(x.dtype)
+        return self._run("forward", xc).to(x.dtype)
 
     def backward(self, x: Tensor, grad_out: Tensor) -> Tensor:
         cdt = _compute_dtype(x.dtype)
-        return self._run("backward", x.to(cdt), grad_out.to(cdt)).to(x.dtype)
+        xc, gc = x.to(cdt), grad_out.to(cdt)
+        if self._use_native(xc):
+            return self._native.backward(xc.contiguous(), gc.contiguous().view(xc.shape)).to(x.dtype)
+        return self._run("backward", xc, gc).to(x.dtype)
 
 
 _KERNEL_CACHE: dict[tuple, _Kernels] = {}

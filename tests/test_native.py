@@ -1,0 +1,244 @@
+"""The native C kernels: same values and gradients as the eager reference, specials, threads, fallback."""
+
+import ctypes
+import math
+import subprocess
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_gaaf import GAAF, native
+from lightning_gaaf.activations import Gauss, One, ShiftedSigmoid, sawtooth, set_compile
+
+K = 10_000.0
+
+NATIVE_BASES = {
+    "tanh": lambda: nn.Tanh(),
+    "sigmoid": lambda: nn.Sigmoid(),
+    "relu": lambda: nn.ReLU(),
+    "leaky_relu": lambda: nn.LeakyReLU(0.2),
+    "elu": lambda: nn.ELU(0.7),
+    "silu": lambda: nn.SiLU(),
+    "hardtanh": lambda: nn.Hardtanh(-2.0, 1.5),
+}
+NATIVE_SHAPES = {
+    "gauss": lambda: Gauss(c=2.0),
+    "shifted_sigmoid": lambda: ShiftedSigmoid(a=2.0, b=0.5),
+    "one": lambda: One(),
+}
+SPECIALS = [float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 1e6, -90.0, 0.0, -0.0, 1e-30]
+
+
+@pytest.fixture
+def use_native():
+    """Compiled kernels on, native ones first; the library must build on this machine."""
+    set_compile(True)
+    native.set_native(True)
+    if native.load_library() is None:
+        pytest.fail("the native kernels did not build (a C compiler is part of the test machine)")
+    yield
+    native.set_native(None)
+    set_compile(None)
+
+
+def _eager(module, x, weights):
+    set_compile(False)
+    try:
+        return _values_and_grad(module, x, weights)
+    finally:
+        set_compile(True)
+
+
+def _values_and_grad(module, x, weights):
+    x = x.detach().requires_grad_(True)
+    y = module(x)
+    (grad,) = torch.autograd.grad((y * weights).nan_to_num().sum(), x)
+    return y.detach(), grad
+
+
+def test_every_native_pair_is_known_to_the_library():
+    assert set(native.NATIVE_BASES) == set(NATIVE_BASES)
+    assert set(native.NATIVE_SHAPES) == set(NATIVE_SHAPES)
+
+
+@pytest.mark.parametrize("shape_name", list(NATIVE_SHAPES))
+@pytest.mark.parametrize("base_name", list(NATIVE_BASES))
+def test_native_matches_eager(use_native, base_name, shape_name, monkeypatch):
+    """Values and gradients as the eager torch math, NaN/inf/huge inputs and odd lengths included."""
+    calls = []
+    original = native.NativeKernels.forward
+    monkeypatch.setattr(native.NativeKernels, "forward", lambda self, x: calls.append(1) or original(self, x))
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(3001) * 4, torch.tensor(SPECIALS)])  # not a multiple of the vector width
+    weights = torch.linspace(0.5, 1.5, x.numel())
+    module = GAAF(NATIVE_BASES[base_name](), shape=NATIVE_SHAPES[shape_name]())
+    y, grad = _values_and_grad(module, x, weights)
+    assert calls, "the native kernel was not used"
+    y_ref, grad_ref = _eager(module, x, weights)
+    torch.testing.assert_close(y, y_ref, rtol=4e-6, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-5, equal_nan=True)
+    # NaN in gives NaN out (values and gradients), never masked
+    nan_at = torch.isnan(x)
+    assert torch.isnan(y[nan_at]).all() and torch.isnan(y_ref[nan_at]).all()
+
+
+def test_native_tanh_is_within_three_ulp(use_native):
+    """The float32 tanh polynomial (phi's own rounding in the native path) against float64 tanh."""
+    x = torch.cat([torch.linspace(-10, 10, 200_001), torch.randn(100_000) * 0.05])
+    y = GAAF(nn.Tanh(), shape="one", K=1e30)(x)  # |g| <= 5e-31: y is tanh(x) to float32 precision
+    exact = torch.tanh(x.double())
+    ulps = (y.double() - exact).abs() / (torch.finfo(torch.float32).eps * exact.abs().clamp(min=1e-30))
+    assert ulps.max() <= 3.0, ulps.max()
+    assert (y.abs() <= 1).all()
+    torch.testing.assert_close(y[x.abs() > 8], torch.sign(x[x.abs() > 8]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("base_name", ["tanh", "relu"])
+def test_native_forward_bound(use_native, base_name):
+    """|phi_new - phi| <= 0.5/K * |s| plus phi's own float32 rounding (at most 3 ulp, see above)."""
+    base = NATIVE_BASES[base_name]()
+    module = GAAF(base)
+    x = torch.cat([torch.randn(50_000) * 5, torch.arange(-2000, 2000) / K, torch.tensor([1e6, -1e6])])
+    phi = base(x.double())
+    diff = (module(x).double() - phi).abs()
+    eps = torch.finfo(torch.float32).eps
+    # s and the product g*s are float32 too: a few ulp of the term on top of 0.5/K * |s|
+    bound = 0.5 / K * module.shape(x.double()).abs() * (1 + 4 * eps) + 3 * eps * phi.abs()
+    assert (diff <= bound).all()
+    assert (diff[x.abs() < 3] > 0).float().mean() > 0.9  # the term is really there
+
+
+def test_native_sawtooth_is_the_definition(use_native):
+    """With s = 1 and relu, the GAAF term is g(x) itself, |g| <= 0.5/K, also where x*K is an integer."""
+    x = -torch.cat([torch.rand(20_000) * 4, torch.arange(0, 500) / K])  # relu(x) = 0: y is g exactly
+    g = GAAF(nn.ReLU(), shape="one")(x)
+    assert g.abs().max() <= 0.5 / K
+    torch.testing.assert_close(g, sawtooth(x), rtol=0, atol=0)
+    big = torch.tensor([1e6, -1e6, 3e38, -3e38])  # x*K overflows for the last two: the term is dropped
+    y_big = GAAF(nn.ReLU(), shape="one")(big)
+    assert ((y_big - torch.relu(big)).abs() <= 0.5 / K + 0.5 * 0.0625).all()  # 0.0625 = ulp(1e6)
+    assert torch.equal(y_big[2:], torch.relu(big[2:]))
+
+
+def test_native_threads_split_gives_identical_bits(use_native):
+    """A tensor big enough for several threads gives the same bits as one thread."""
+    x = torch.randn(200_003) * 3
+    grad_out = torch.randn_like(x)
+    module = GAAF(nn.Tanh())
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            xr = x.clone().requires_grad_(True)
+            y = module(xr)
+            y.backward(grad_out)
+            results.append((y.detach(), xr.grad))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_native_keeps_shape_dtype_and_handles_views(use_native):
+    x = torch.randn(64, 33).t()
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        xd = x.to(dtype).clone().requires_grad_(True)
+        assert not xd.is_contiguous()
+        y = GAAF(nn.ReLU())(xd)
+        assert y.shape == x.shape and y.dtype == dtype
+        y.sum().backward()
+        assert xd.grad.shape == x.shape and xd.grad.dtype == dtype and torch.isfinite(xd.grad).all()
+    empty = torch.empty(0, 5, requires_grad=True)
+    out = GAAF(nn.Tanh())(empty)
+    assert out.shape == (0, 5)
+    out.sum().backward()
+    assert empty.grad.shape == (0, 5)
+
+
+def test_native_saves_only_the_input(use_native):
+    x = torch.randn(256, 512, requires_grad=True)
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.nelement() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        GAAF(nn.ReLU())(x)
+    assert total == x.nbytes
+
+
+def test_native_not_used_for_float64_or_when_switched_off(use_native, monkeypatch):
+    calls = []
+    monkeypatch.setattr(native.NativeKernels, "forward", lambda self, x: calls.append(1))
+    GAAF(nn.Tanh())(torch.randn(10, dtype=torch.float64))
+    native.set_native(False)
+    GAAF(nn.Tanh())(torch.randn(10))
+    native.set_native(True)
+    set_compile(False)  # GAAF_COMPILE=0 turns off every compiled kernel, native ones included
+    GAAF(nn.Tanh())(torch.randn(10))
+    assert calls == []
+
+
+def test_library_is_cached_per_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("GAAF_CACHE_DIR", str(tmp_path))
+    source = "int gaaf_abi_version(void) { return 42; }\n"
+    cc = native._compiler()
+    first = native._build(source, cc)
+    assert first.parent == tmp_path and first.exists()
+    assert ctypes.CDLL(str(first)).gaaf_abi_version() == 42
+    compiles = []
+    real_run = native.subprocess.run
+
+    def failing_compiler(cmd, *args, **kwargs):
+        if "--version" in cmd:
+            return real_run(cmd, *args, **kwargs)
+        compiles.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "cc: fatal error: simulated")
+
+    monkeypatch.setattr(native.subprocess, "run", failing_compiler)
+    assert native._build(source, cc) == first and compiles == []  # cached: not compiled again
+    with pytest.raises(RuntimeError, match="C compilation failed.*simulated"):
+        native._build(source + "/* changed */\n", cc)
+    assert len(compiles) == len(native._flag_sets())  # every flag set tried, best first
+    assert "-O3" in compiles[0] and list(tmp_path.glob("*.so")) == [first]
+
+
+def test_missing_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv("GAAF_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setattr(native, "_LIBRARY", None)
+    monkeypatch.setattr(native, "_LOAD_FAILED", False)
+    set_compile(True)
+    native.set_native(True)
+    try:
+        x = torch.randn(100)
+        module = GAAF(nn.Tanh(), shape="gauss", c=2.5)
+        with pytest.warns(RuntimeWarning, match="native kernels unavailable"):
+            y = module(x)
+        assert native.load_library() is None  # decided once per process, not retried per call
+        set_compile(False)
+        torch.testing.assert_close(y, module(x), rtol=4e-6, atol=1e-6)
+    finally:
+        native.set_native(None)
+        set_compile(None)
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("GAAF_CACHE_DIR", str(tmp_path / "a"))
+    assert native.cache_dir() == tmp_path / "a"
+    monkeypatch.delenv("GAAF_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert native.cache_dir() == tmp_path / "xdg" / "lightning_gaaf"
+
+
+def test_exp_and_expm1_of_the_kernels_through_elu(use_native):
+    """ELU's negative side is alpha * expm1(x): accurate near 0 (no cancellation) and -> -alpha."""
+    x = -torch.logspace(-7, 2, 2000)
+    y = GAAF(nn.ELU(1.0), shape="one", K=1e30)(x)
+    exact = torch.expm1(x.double())
+    rel = ((y.double() - exact).abs() / exact.abs()).max()
+    assert rel <= 4 * torch.finfo(torch.float32).eps, rel
+    assert math.isclose(float(y[-1]), -1.0, rel_tol=0, abs_tol=0)

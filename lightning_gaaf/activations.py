@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import types
 import warnings
 from collections.abc import Callable
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_gaaf import native
+from lightning_gaaf._env import env_switch
 
 __all__ = [
     "ACTIVATIONS",
@@ -413,10 +413,13 @@ def set_compile(enabled: bool | None) -> None:
 
 
 def compile_enabled() -> bool:
-    """Whether GAAF kernels are fused with ``torch.compile`` (default on; ``GAAF_COMPILE=0`` = off)."""
+    """Whether GAAF uses compiled kernels: the native C ones or ``torch.compile``'s (``GAAF_COMPILE``).
+
+    Default on; ``GAAF_COMPILE=0`` (or ``set_compile(False)``) leaves the eager torch ops only.
+    """
     if _COMPILE_OVERRIDE is not None:
         return _COMPILE_OVERRIDE
-    return os.environ.get("GAAF_COMPILE", "1").strip().lower() not in ("0", "false", "no", "off")
+    return env_switch("GAAF_COMPILE")
 
 
 # Compiled float32 CPU kernels spell exp and tanh out as polynomials. Inductor's C++ backend calls
@@ -660,12 +663,14 @@ class _Kernels:
             out = self._math(which, fast=False)(*flat)
         return out.view(tensors[0].shape)
 
-    def _use_native(self, x: Tensor) -> bool:
-        """Native C kernels: float32 CPU math of a supported (base, shape), compiled kernels on."""
+    def _use_native(self, *tensors: Tensor) -> bool:
+        """Native C kernels: float32 CPU tensors, a supported (base, shape), compiled kernels on.
+
+        Ordered cheapest first: this runs twice per GAAF layer per training step.
+        """
         return (
             self._native is not None
-            and x.dtype == torch.float32
-            and x.device.type == "cpu"
+            and all(t.dtype is torch.float32 and t.is_cpu for t in tensors)
             and compile_enabled()
             and native.native_enabled()
             and not torch.compiler.is_compiling()
@@ -675,16 +680,21 @@ class _Kernels:
     def forward(self, x: Tensor) -> Tensor:
         if self.K is None:
             return self.base.fn(x)  # exact mode: bit-identical to phi
+        if self._use_native(x):
+            return self._native.forward(x.contiguous())
         xc = x.to(_compute_dtype(x.dtype))
-        if self._use_native(xc):
+        if self._use_native(xc):  # half precision in, float32 math
             return self._native.forward(xc.contiguous()).to(x.dtype)
         return self._run("forward", xc).to(x.dtype)
 
     def backward(self, x: Tensor, grad_out: Tensor) -> Tensor:
+        # grad_out has x's shape (autograd checks it), but may be any strides (even expanded).
+        if self._use_native(x, grad_out):
+            return self._native.backward(x.contiguous(), grad_out.contiguous())
         cdt = _compute_dtype(x.dtype)
         xc, gc = x.to(cdt), grad_out.to(cdt)
         if self._use_native(xc):
-            return self._native.backward(xc.contiguous(), gc.contiguous().view(xc.shape)).to(x.dtype)
+            return self._native.backward(xc.contiguous(), gc.contiguous()).to(x.dtype)
         return self._run("backward", xc, gc).to(x.dtype)
 
 
@@ -755,7 +765,7 @@ def _resolve_base(base: str | nn.Module) -> nn.Module:
 def _apply(x: Tensor, base: nn.Module, spec: _Base | None, shape: Shape, K: float | None) -> Tensor:
     if spec is not None:
         kernels = _kernels_for(spec, shape, K)
-        if torch.is_grad_enabled() and x.requires_grad:
+        if x.requires_grad and torch.is_grad_enabled():
             return _GAAFFunction.apply(x, kernels)
         with torch.no_grad():
             return kernels.forward(x)

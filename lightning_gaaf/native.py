@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from lightning_gaaf._env import env_switch
+
 __all__ = [
     "NATIVE_BASES",
     "NATIVE_SHAPES",
@@ -63,10 +65,10 @@ def set_native(enabled: bool | None) -> None:
 
 
 def native_enabled() -> bool:
-    """Whether the native kernels may be used (default on; ``GAAF_NATIVE=0`` = off)."""
+    """Whether the native kernels may be used (default on; ``GAAF_NATIVE=0``, read once, = off)."""
     if _NATIVE_OVERRIDE is not None:
         return _NATIVE_OVERRIDE
-    return os.environ.get("GAAF_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+    return env_switch("GAAF_NATIVE")
 
 
 def cache_dir() -> Path:

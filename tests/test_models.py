@@ -266,6 +266,22 @@ def test_fit_logs_train_and_val_metrics_and_learns() -> None:
     assert metrics["val/acc"] > 0.9 and metrics["train/acc"] > 0.85
 
 
+def test_train_acc_is_the_accuracy_over_every_training_sample_of_the_epoch() -> None:
+    """With lr = 0 the model is fixed, so train/acc must equal its accuracy on the training set."""
+    torch.manual_seed(1)
+    x = torch.randn(200, 1, 4, 4)
+    y = torch.randint(0, 3, (200,))
+    backbone = MLP(in_features=16, hidden=(8,), num_classes=3)
+    with torch.no_grad():
+        expected = (backbone(x).argmax(-1) == y).double().mean().item()
+    model = ImageClassifier(backbone, optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    trainer = quiet_trainer(max_epochs=2)
+    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True))  # 64+64+64+8
+    assert trainer.callback_metrics["train/acc"].item() == pytest.approx(expected, abs=1e-6)
+    assert 0.1 < expected < 0.9
+    assert "_train_correct" not in model.state_dict()  # not part of checkpoints
+
+
 def test_default_optimizer_and_cosine_schedule_follow_the_trainer() -> None:
     model = ImageClassifier(MLP(hidden=(8,)))
     model.trainer = quiet_trainer(max_epochs=7)

@@ -71,7 +71,10 @@ class ImageClassifier(pl.LightningModule):
         self.num_classes = num_classes
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        # Training accuracy is two counters, not a torchmetrics metric: its update costs ~0.2 ms a
+        # step on a 2-core CPU, a few percent of an MLP step (benchmarks/parity.py).
+        self.register_buffer("_train_correct", torch.zeros((), dtype=torch.long), persistent=False)
+        self.register_buffer("_train_seen", torch.zeros((), dtype=torch.long), persistent=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
 
@@ -82,7 +85,9 @@ class ImageClassifier(pl.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        self.train_acc.update(logits.detach(), y)
+        with torch.no_grad():
+            self._train_correct += (logits.argmax(-1) == y).sum()
+            self._train_seen += y.numel()
         # Each ``self.log`` costs Lightning bookkeeping, so the per-step loss is logged only on the
         # steps the logger writes (and stays local to each rank: an all-reduce per step would cost
         # more than it tells); train/acc is accumulated here and logged once per epoch.
@@ -96,8 +101,16 @@ class ImageClassifier(pl.LightningModule):
             return True
         return (trainer.global_step + 1) % max(trainer.log_every_n_steps, 1) == 0 or trainer.fast_dev_run
 
+    def on_train_epoch_start(self) -> None:
+        self._train_correct.zero_()
+        self._train_seen.zero_()
+
     def on_train_epoch_end(self) -> None:
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        # Summed over ranks first: the accuracy of every sample this epoch, whatever each rank saw.
+        counts = torch.stack([self._train_correct, self._train_seen]).double()
+        if self._trainer is not None:
+            counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        self.log("train/acc", (counts[0] / counts[1].clamp(min=1)).float(), on_step=False, on_epoch=True)
 
     def _evaluate(
         self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metric: MulticlassAccuracy

@@ -46,6 +46,7 @@ from torch import nn
 from lightning_gaaf import GAAF, apply_gaaf
 from lightning_gaaf.activations import DEFAULT_K, default_shape_for, set_compile
 from lightning_gaaf.models.mlp import MLP
+from lightning_gaaf.native import set_native
 
 SHAPE = (256, 4096)
 
@@ -61,13 +62,20 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _with_compile(enabled: bool, fn: Callable[[], object]) -> Callable[[], object]:
+KERNELS = ("native", "compiled", "eager")
+
+
+def _with_kernels(kind: str, fn: Callable[[], object]) -> Callable[[], object]:
+    """Run ``fn`` with GAAF's native C kernels, torch.compile's kernels, or the eager torch ops."""
+
     def run() -> object:
-        set_compile(enabled)
+        set_compile(kind != "eager")
+        set_native(kind == "native")
         try:
             return fn()
         finally:
             set_compile(None)
+            set_native(None)
 
     return run
 
@@ -127,22 +135,19 @@ def bench_activations(rounds: int) -> list[Row]:
     for name, plain in (("tanh", nn.Tanh()), ("relu", nn.ReLU())):
         gaaf = GAAF(plain)
         shape = default_shape_for(plain)
-        variants = {
-            "plain": fwd_bwd(plain),
-            "gaaf_compiled": _with_compile(True, fwd_bwd(gaaf)),
-            "gaaf_eager": _with_compile(False, fwd_bwd(gaaf)),
-            "naive": fwd_bwd(lambda x, plain=plain, shape=shape: _naive(x, plain, shape)),
-        }
+        variants = {"plain": fwd_bwd(plain)}
+        variants |= {f"gaaf_{kind}": _with_kernels(kind, fwd_bwd(gaaf)) for kind in KERNELS}
+        variants["naive"] = fwd_bwd(lambda x, plain=plain, shape=shape: _naive(x, plain, shape))
         times = _interleaved(variants, rounds, warmup=5)
         print(
             f"\n(a)/(b) {name}: forward+backward on {SHAPE[0]}x{SHAPE[1]} float32, median of {rounds} rounds"
         )
         for v in variants:
             print(f"  {v:14s} {_ms(times, v)}")
-        for v in ("gaaf_compiled", "gaaf_eager"):
-            rows.append((f"(a) {name}: GAAF ({v.split('_')[1]}) / plain", times, v, "plain"))
-        rows.append((f"(b) {name}: fused (compiled) / naive formula", times, "gaaf_compiled", "naive"))
-        rows.append((f"(b) {name}: fused (eager) / naive formula", times, "gaaf_eager", "naive"))
+        for kind in KERNELS:
+            rows.append((f"(a) {name}: GAAF ({kind}) / plain", times, f"gaaf_{kind}", "plain"))
+        for kind in KERNELS:
+            rows.append((f"(b) {name}: fused ({kind}) / naive formula", times, f"gaaf_{kind}", "naive"))
     return rows
 
 
@@ -165,11 +170,8 @@ def bench_mlp(rounds: int) -> list[Row]:
 
         return run
 
-    variants = {
-        "plain": step(plain),
-        "gaaf_compiled": _with_compile(True, step(gaaf)),
-        "gaaf_eager": _with_compile(False, step(gaaf)),
-    }
+    variants = {"plain": step(plain)}
+    variants |= {f"gaaf_{kind}": _with_kernels(kind, step(gaaf)) for kind in KERNELS}
     times = _interleaved(variants, rounds, warmup=10)
     print(f"\n(c) MNIST MLP 784-512-256-256-10 tanh, batch 128, SGD step, median of {rounds} rounds")
     for v in variants:

@@ -9,23 +9,26 @@ reported as the median over rounds of the per-round time ratio:
 * ``(c)`` one training step (forward, cross-entropy, backward, SGD step) of the paper's MNIST MLP
   (784-512-256-256-10, tanh, batch 128) with GAAF (``apply_gaaf``) vs without (goal: <= 1.10x).
 
-Each GAAF variant runs with the compiled kernels (``set_compile(True)``) and the eager ones
-(``set_compile(False)``); compilation happens in the warm-up, before timing. torch keeps its default
-number of threads.
+Each GAAF variant runs with the native C kernels (``lightning_gaaf.native``), with
+``torch.compile``'s kernels (native off) and with the eager torch ops (``set_compile(False)``);
+building and compiling happen in the warm-up, before timing. ``gaaf_native_s1`` is the native kernel
+with the shape ``one`` (no exp, no division): the price of the shape. torch keeps its default number
+of threads.
 
-Goals (a) <= 1.5x and (c) <= 1.10x are NOT reached on the machine we measured (2 shared cores of an
-AVX-512 Xeon, torch 2.14 CPU). Best-case ratios there (idle moments; min over rounds): (a) tanh
-~3.2x, relu ~2.9x (with inductor's own exp/tanh: 5.9x and 3.4x), (b) compiled fused path 0.2-0.5x of the
-naive formula, (c) MLP step ~1.4x. Why: the plain activation is one memory-bound pass per direction
-(MKL ``tanh`` forward, ``grad * (1 - y^2)`` backward), while GAAF evaluates phi *and* ``s`` (an exp)
-in both passes because only ``x`` is saved; the fused kernels are arithmetic-bound (~80 vector
-instructions per 8 elements, ~3.5 ns per element for forward+backward on one core). Inductor's
-Sleef exp/tanh calls cost ~4x more than the inlined polynomials now used, and AVX-512 builds of
-these kernels ran 2-3x slower than AVX2 on this host, hence 256-bit vectors. In the MLP step every
-GAAF layer also pays ~20 us per compiled call (dynamo guards, wrappers) twice per step on tensors of
-only 128x512 elements. The medians printed are only meaningful on an otherwise idle machine: under
-load, two-thread kernels stall on descheduled threads and ratios converge to the number of
-parallel regions per call (eager GAAF ~15 kernels vs 2), so ``best`` is printed next to them.
+Measured on 2 cores of an AMD EPYC (Zen, AVX2 as two 128-bit halves), torch 2.14 CPU, medians:
+(a) tanh 1.19x native (2.0x torch.compile, 7.5x eager), relu 2.3-2.4x native (3.4-3.7x, 14-16x),
+relu with the shape ``one`` 1.21x;
+(b) native 0.22-0.26x of the naive formula; (c) MLP step 1.06x native (1.29x, 1.61x). So (a) tanh
+and (c) meet their goals; (a) relu does not. Why relu: a plain ReLU is one memory-bound pass per
+direction (0.24 ms forward here), while GAAF's shifted sigmoid needs an exp and a division per
+element in *both* passes because only ``x`` is saved; those loops are arithmetic-bound (~45 vector
+instructions per 8 elements). On the AVX-512 Xeon we measured first (before the native kernels
+existed; they have not been measured there), torch.compile's kernels gave (a) 3.1x tanh, 3.9x relu
+and (c) 1.40x. Inductor's C++ for these loops moves the int->float bit cast of the exp through
+memory, and every call pays dynamo's guards (~20 us, twice per layer per step): that is why the
+float32 CPU path is now plain C. The medians printed are only meaningful on an otherwise idle
+machine: under load, two-thread kernels stall on descheduled threads, so ``best`` is printed next
+to them.
 
 Usage: ``python benchmarks/activation.py [--rounds 60] [--mlp-rounds 150] [--quick]`` (~1-3 min).
 """
@@ -138,6 +141,8 @@ def bench_activations(rounds: int) -> list[Row]:
         variants = {"plain": fwd_bwd(plain)}
         variants |= {f"gaaf_{kind}": _with_kernels(kind, fwd_bwd(gaaf)) for kind in KERNELS}
         variants["naive"] = fwd_bwd(lambda x, plain=plain, shape=shape: _naive(x, plain, shape))
+        # The price of the shape: the same native kernel with s = 1 (no exp, no division).
+        variants["gaaf_native_s1"] = _with_kernels("native", fwd_bwd(GAAF(plain, shape="one")))
         times = _interleaved(variants, rounds, warmup=5)
         print(
             f"\n(a)/(b) {name}: forward+backward on {SHAPE[0]}x{SHAPE[1]} float32, median of {rounds} rounds"
@@ -146,6 +151,7 @@ def bench_activations(rounds: int) -> list[Row]:
             print(f"  {v:14s} {_ms(times, v)}")
         for kind in KERNELS:
             rows.append((f"(a) {name}: GAAF ({kind}) / plain", times, f"gaaf_{kind}", "plain"))
+        rows.append((f"(a) {name}: GAAF (native, shape one) / plain", times, "gaaf_native_s1", "plain"))
         for kind in KERNELS:
             rows.append((f"(b) {name}: fused ({kind}) / naive formula", times, f"gaaf_{kind}", "naive"))
     return rows

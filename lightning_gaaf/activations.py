@@ -12,9 +12,15 @@ defaults here are our choice, following the only public code: ``gauss`` ``exp(-x
 
 Like timm's memory-efficient activations, each activation has a functional form (:func:`gaaf`) and
 a module form (:class:`GAAF`); the autograd Function saves only ``x`` and recomputes the derivative.
-Supported base activations have analytic derivatives and an elementwise kernel that is fused with
-``torch.compile`` where a compiler is available (switch: :func:`set_compile` or ``GAAF_COMPILE=0``);
-any other elementwise module goes through a slower generic path (autograd of the base activation
+Supported base activations have analytic derivatives and one fused elementwise kernel per pass:
+
+* float32 on the CPU, for the bases and shapes in :mod:`lightning_gaaf.native`: a C loop compiled at
+  first use with the machine's C compiler (``GAAF_NATIVE=0`` / :func:`~lightning_gaaf.native.set_native`
+  skips it);
+* anything else on CPU or CUDA: the same math compiled with ``torch.compile``;
+* no compiler, or ``GAAF_COMPILE=0`` / :func:`set_compile` (False): eager torch ops.
+
+Any other elementwise module goes through a slower generic path (autograd of the base activation
 plus a fused GAAF term).
 """
 

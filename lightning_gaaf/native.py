@@ -197,37 +197,28 @@ class NativeKernels:
     def supports(base: str, shape: str) -> bool:
         return base in NATIVE_BASES and shape in NATIVE_SHAPES
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x``: float32, CPU, contiguous."""
-        lib = _LIBRARY
-        y = torch.empty_like(x)
-        rc = lib.gaaf_forward(
+    def _launch(self, which: str, *inputs: Tensor) -> Tensor:
+        """One C loop over float32, CPU, contiguous ``inputs`` of one shape, into a new tensor."""
+        out = torch.empty_like(inputs[0])
+        fn = _LIBRARY.gaaf_forward if which == "forward" else _LIBRARY.gaaf_backward
+        pointers = [t.data_ptr() for t in inputs]
+        rc = fn(
             self.base_id,
             self.shape_id,
             self._params_ptr,
-            x.data_ptr(),
-            y.data_ptr(),
-            x.numel(),
+            *pointers,
+            out.data_ptr(),
+            out.numel(),
             torch.get_num_threads(),
         )
         if rc != 0:
-            raise RuntimeError(f"GAAF native forward failed ({rc})")
-        return y
+            raise RuntimeError(f"GAAF native {which} failed ({rc})")
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``phi(x) + g(x) s(x)``."""
+        return self._launch("forward", x)
 
     def backward(self, x: Tensor, grad_out: Tensor) -> Tensor:
-        """``x``, ``grad_out``: float32, CPU, contiguous, same shape."""
-        lib = _LIBRARY
-        grad_in = torch.empty_like(x)
-        rc = lib.gaaf_backward(
-            self.base_id,
-            self.shape_id,
-            self._params_ptr,
-            x.data_ptr(),
-            grad_out.data_ptr(),
-            grad_in.data_ptr(),
-            x.numel(),
-            torch.get_num_threads(),
-        )
-        if rc != 0:
-            raise RuntimeError(f"GAAF native backward failed ({rc})")
-        return grad_in
+        """``grad_out * (phi'(x) + s(x) + g(x) s'(x))``."""
+        return self._launch("backward", x, grad_out)

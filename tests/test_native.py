@@ -32,7 +32,8 @@ SPECIALS = [float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 1e6, -90.0, 
 
 @pytest.fixture
 def use_native():
-    """Compiled kernels on, native ones first; the library must build on this machine."""
+    """Compiled kernels on, native ones first; the library must build on this machine. Seeded."""
+    torch.manual_seed(0)
     set_compile(True)
     native.set_native(True)
     if native.load_library() is None:
@@ -69,7 +70,6 @@ def test_native_matches_eager(use_native, base_name, shape_name, monkeypatch):
     calls = []
     original = native.NativeKernels.forward
     monkeypatch.setattr(native.NativeKernels, "forward", lambda self, x: calls.append(1) or original(self, x))
-    torch.manual_seed(0)
     x = torch.cat([torch.randn(3001) * 4, torch.tensor(SPECIALS)])  # not a multiple of the vector width
     weights = torch.linspace(0.5, 1.5, x.numel())
     module = GAAF(NATIVE_BASES[base_name](), shape=NATIVE_SHAPES[shape_name]())

@@ -3,6 +3,7 @@
 import ctypes
 import math
 import subprocess
+import warnings
 
 import pytest
 import torch
@@ -81,6 +82,26 @@ def test_native_matches_eager(use_native, base_name, shape_name, monkeypatch):
     # NaN in gives NaN out (values and gradients), never masked
     nan_at = torch.isnan(x)
     assert torch.isnan(y[nan_at]).all() and torch.isnan(y_ref[nan_at]).all()
+
+
+@pytest.mark.parametrize("shape_name", list(NATIVE_SHAPES))
+@pytest.mark.parametrize("base_name", list(NATIVE_BASES))
+def test_native_gradcheck_inside_teeth(use_native, base_name, shape_name):
+    """gradcheck of the native Function itself (float32, so a coarse K = 10 and eps = 1e-3).
+
+    Points sit inside teeth, (n + 0.5 + d)/K with |d| <= 0.35: at least 0.015 away from every jump
+    of g and from the kinks of relu / leaky_relu / hardtanh (all on multiples of 1/K), so finite
+    differences see the smooth function whose derivative the backward kernel returns. g is up to
+    0.035 there, so the g(x) s'(x) term is checked too (it vanishes only at the tooth centres).
+    """
+    k = 10.0
+    offsets = torch.tensor([-0.35, -0.1, 0.2, 0.35]).repeat(20)
+    x = ((torch.arange(-40, 40) + 0.5 + offsets) / k).float().requires_grad_(True)
+    module = GAAF(NATIVE_BASES[base_name](), shape=NATIVE_SHAPES[shape_name](), K=k)
+    assert module.shape.derivative is not None and module(x).dtype == torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "not a double precision" input
+        assert torch.autograd.gradcheck(module, (x,), eps=1e-3, atol=2e-3, rtol=2e-3)
 
 
 def test_native_tanh_is_within_three_ulp(use_native):

@@ -95,6 +95,21 @@ def test_ddp_two_cpu_processes_share_one_run(tmp_path: Path, mnist_dir: Path) ->
     assert len(logged["test/acc"]) == 1 and 0.0 <= logged["test/acc"][0] <= 1.0
 
 
+def test_ddp_ranks_build_and_share_the_native_kernels(tmp_path: Path, mnist_dir: Path) -> None:
+    """GAAF with its native kernels under 2-process DDP: both ranks build into one fresh cache at once."""
+    cache = tmp_path / "kernel-cache"
+    args = ["--config", str(CONFIGS / "mnist_gaaf.yaml"), *TINY]
+    args += ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    env = fit_env(mnist_dir, GAAF_COMPILE="1", GAAF_CACHE_DIR=str(cache))
+    result = run_fit(*args, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "native kernels unavailable" not in result.stderr
+    assert len(list(cache.glob("gaaf_kernels_*.so"))) == 1  # same key on both ranks, no leftovers
+    assert not [p for p in cache.iterdir() if p.is_dir()]  # temporary build folders removed
+    logged = history(wandb_records(next((tmp_path / "runs" / "mnist_gaaf").iterdir())))
+    assert len(logged["test/acc"]) == 1 and 0.0 <= logged["test/acc"][0] <= 1.0
+
+
 # ----------------------------------------------------------------------------- user errors
 def _bad_file(tmp: Path, name: str, text: str) -> str:
     path = tmp / name

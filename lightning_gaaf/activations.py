@@ -573,7 +573,7 @@ class _Kernels:
         self._native = None
         if (
             K is not None
-            and type(shape) in (Gauss, ShiftedSigmoid, One)
+            and self._fast_shape is not None
             and native.NativeKernels.supports(base.name, shape.name)
         ):
             self._native = native.NativeKernels(
@@ -686,22 +686,23 @@ class _Kernels:
     def forward(self, x: Tensor) -> Tensor:
         if self.K is None:
             return self.base.fn(x)  # exact mode: bit-identical to phi
-        if self._use_native(x):
-            return self._native.forward(x.contiguous())
-        xc = x.to(_compute_dtype(x.dtype))
-        if self._use_native(xc):  # half precision in, float32 math
-            return self._native.forward(xc.contiguous()).to(x.dtype)
-        return self._run("forward", xc).to(x.dtype)
+        xc = _as_dtype(x, _compute_dtype(x.dtype))
+        out = self._native.forward(xc.contiguous()) if self._use_native(xc) else self._run("forward", xc)
+        return _as_dtype(out, x.dtype)
 
     def backward(self, x: Tensor, grad_out: Tensor) -> Tensor:
-        # grad_out has x's shape (autograd checks it), but may be any strides (even expanded).
-        if self._use_native(x, grad_out):
-            return self._native.backward(x.contiguous(), grad_out.contiguous())
-        cdt = _compute_dtype(x.dtype)
-        xc, gc = x.to(cdt), grad_out.to(cdt)
-        if self._use_native(xc):
-            return self._native.backward(xc.contiguous(), gc.contiguous()).to(x.dtype)
-        return self._run("backward", xc, gc).to(x.dtype)
+        xc = _as_dtype(x, _compute_dtype(x.dtype))
+        gc = _as_dtype(grad_out, xc.dtype)  # x's shape (autograd checks it), any strides (even expanded)
+        if self._use_native(xc, gc):
+            out = self._native.backward(xc.contiguous(), gc.contiguous())
+        else:
+            out = self._run("backward", xc, gc)
+        return _as_dtype(out, x.dtype)
+
+
+def _as_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)`` without the cost of a no-op call (it sits on every layer's hot path)."""
+    return t if t.dtype is dtype else t.to(dtype)
 
 
 _KERNEL_CACHE: dict[tuple, _Kernels] = {}

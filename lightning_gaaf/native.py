@@ -120,12 +120,10 @@ def _compiler_version(cc: list[str]) -> str:
 
 def _build(source: str, cc: list[str]) -> Path:
     """Compile ``source`` into the cache (once per source/flags/compiler/CPU) and return its path."""
-    version = _compiler_version(cc)
+    machine = "\0".join([source, " ".join(cc), _compiler_version(cc), _cpu_signature()])
     errors = []
     for flags in _flag_sets():
-        key = hashlib.sha256(
-            "\0".join([source, " ".join(cc), version, " ".join(flags), _cpu_signature()]).encode()
-        ).hexdigest()[:16]
+        key = hashlib.sha256(f"{machine}\0{' '.join(flags)}".encode()).hexdigest()[:16]
         target = cache_dir() / f"gaaf_kernels_{key}.so"
         if target.exists():
             return target

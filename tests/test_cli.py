@@ -185,6 +185,8 @@ def test_user_error_is_one_line_with_exit_status_2(
     # fit, after W&B recorded the (failed) run in its directory.
     leftovers = sorted(p.parent.name for p in tmp_path.glob("runs/*/version_*"))
     assert leftovers == (["mnist_base"] if case == "missing_dataset" else [])
+    if case != "missing_dataset":
+        assert not (tmp_path / "runs").exists()  # nor the runs/<name> folders made for it
 
 
 def test_program_exits_2_without_traceback(tmp_path: Path, mnist_dir: Path) -> None:

@@ -249,6 +249,7 @@ class GaafCLI(LightningCLI):
             },
         )
         self.run_dir: Path | None = None
+        self._created_parents: list[Path] = []  # runs/<name>, runs: made for this run, deepest first
         self.name = PROG
         super().__init__(args=args, run=False, **kwargs)
 
@@ -296,9 +297,12 @@ class GaafCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except BaseException:
-            # Do not leave an empty version directory behind for a run that never started.
-            if self.run_dir is not None and self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
-                self.run_dir.rmdir()
+            # Do not leave an empty version directory (nor the runs/<name> folders made for it)
+            # behind for a run that never started.
+            folders = ([self.run_dir] if self.run_dir is not None else []) + self._created_parents
+            for folder in folders:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
             raise
 
     def _resolve_run_dir(self, default_root_dir: str | None) -> Path:
@@ -312,7 +316,9 @@ class GaafCLI(LightningCLI):
         else:
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 fail("run_dir: set --run_dir when an external launcher starts several processes")
-            run_dir = next_run_dir(Path(RUNS_DIR) / self.name)
+            base = Path(RUNS_DIR) / self.name
+            self._created_parents = [p for p in (base, base.parent) if not p.exists()]
+            run_dir = next_run_dir(base)
         return run_dir
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:

@@ -731,29 +731,9 @@ class _GAAFFunction(torch.autograd.Function):
         return ctx.kernels.backward(x, grad_out), None
 
 
-class _GAAFTermFunction(torch.autograd.Function):
-    """Only the GAAF term ``g s`` (generic path: phi goes through its own autograd)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, shape: Shape, K: float | None) -> Tensor:
-        ctx.save_for_backward(x)
-        ctx.shape, ctx.K = shape, K
-        if K is None:
-            return torch.zeros_like(x)
-        cdt = _compute_dtype(x.dtype)
-        xc = x.to(cdt)
-        return (_sawtooth(xc, K, _inverse_k(K, cdt)) * shape(xc)).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None, None]:
-        (x,) = ctx.saved_tensors
-        cdt = _compute_dtype(x.dtype)
-        xc = x.to(cdt)
-        s = ctx.shape(xc)
-        d = s
-        if ctx.K is not None:
-            d = d + _sawtooth(xc, ctx.K, _inverse_k(ctx.K, cdt)) * ctx.shape.derivative(xc, s)
-        return (grad_out.to(cdt) * d).to(x.dtype), None, None
+# The generic path's GAAF term ``g s`` alone: the fused Function around a base that is zero, so the
+# term has the same kernels (forward ``g s``, backward ``s + g s'``) as every supported base.
+_TERM_ONLY = _Base("gaaf_term", (), torch.zeros_like, torch.zeros_like)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -769,16 +749,20 @@ def _resolve_base(base: str | nn.Module) -> nn.Module:
     raise TypeError(f"GAAF: base must be an activation name or nn.Module, got {type(base).__name__}")
 
 
+def _fused(x: Tensor, spec: _Base, shape: Shape, K: float | None) -> Tensor:
+    kernels = _kernels_for(spec, shape, K)
+    if x.requires_grad and torch.is_grad_enabled():
+        return _GAAFFunction.apply(x, kernels)
+    with torch.no_grad():
+        return kernels.forward(x)
+
+
 def _apply(x: Tensor, base: nn.Module, spec: _Base | None, shape: Shape, K: float | None) -> Tensor:
     if spec is not None:
-        kernels = _kernels_for(spec, shape, K)
-        if x.requires_grad and torch.is_grad_enabled():
-            return _GAAFFunction.apply(x, kernels)
-        with torch.no_grad():
-            return kernels.forward(x)
+        return _fused(x, spec, shape, K)
     # Generic path: the base keeps its own autograd; GAAF never runs in place.
     phi = base(x.clone() if getattr(base, "inplace", False) else x)
-    return phi + _GAAFTermFunction.apply(x, shape, K)
+    return phi + _fused(x, _TERM_ONLY, shape, K)
 
 
 def gaaf(

@@ -89,19 +89,23 @@ def _inverse_k(K: float, dtype: torch.dtype) -> float:
     return float(t)
 
 
-def _sawtooth(x: Tensor, K: float, inv_k: float) -> Tensor:
+def _times_sawtooth(x: Tensor, f: Tensor | float, K: float, inv_k: float) -> Tensor:
+    """``g(x) * f``, the one place where the GAAF term meets non-finite inputs.
+
+    Where ``x*K`` is not finite (inf, NaN, or overflow) the tooth is undefined and the product is
+    dropped: +-inf gives what phi gives (``f`` may be ``inf * 0`` there, e.g. a shape's derivative)
+    and NaN still comes out of phi and s (never masked). The native C kernels do the same.
+    """
     y = x * K
     g = (y - torch.floor(y) - 0.5) * inv_k
-    # Where x*K is not finite (inf, NaN, or overflow) the tooth is undefined: the term is dropped so
-    # that +-inf gives what phi gives and NaN still comes out of phi (never masked).
-    return torch.where(torch.isfinite(y), g, torch.zeros_like(g))
+    return torch.where(torch.isfinite(y), g * f, 0.0)
 
 
 def sawtooth(x: Tensor, K: float = DEFAULT_K) -> Tensor:
     """``g(x) = (xK - floor(xK) - 0.5) / K`` in float32 or wider; ``|g| <= 0.5/K`` for finite x."""
     _check_k(K)
     cdt = _compute_dtype(x.dtype)
-    return _sawtooth(x.to(cdt), float(K), _inverse_k(float(K), cdt))
+    return _times_sawtooth(x.to(cdt), 1.0, float(K), _inverse_k(float(K), cdt))
 
 
 def _check_k(K: float | None) -> None:
@@ -164,8 +168,7 @@ class Gauss(Shape):
         return torch.exp(x * x * self._neg_inv_c)
 
     def derivative(self, x: Tensor, s: Tensor) -> Tensor:
-        # Where s underflows to 0 (|x| large, or infinite: inf * 0 = NaN) the derivative is 0.
-        return torch.where(s > 0, (2.0 * self._neg_inv_c) * x * s, 0.0)
+        return (2.0 * self._neg_inv_c) * x * s  # NaN at +-inf (inf * 0): dropped with g there
 
 
 class ShiftedSigmoid(Shape):
@@ -585,13 +588,13 @@ class _Kernels:
         y = self.base.fn(x)
         if self.K is None:
             return y
-        return y + _sawtooth(x, self.K, self._inv_k[x.dtype]) * self.shape(x)
+        return y + _times_sawtooth(x, self.shape(x), self.K, self._inv_k[x.dtype])
 
     def backward_math(self, x: Tensor, grad_out: Tensor) -> Tensor:
         s = self.shape(x)
         d = self.base.grad(x) + s
         if self.K is not None:
-            d = d + _sawtooth(x, self.K, self._inv_k[x.dtype]) * self.shape.derivative(x, s)
+            d = d + _times_sawtooth(x, self.shape.derivative(x, s), self.K, self._inv_k[x.dtype])
         return grad_out * d
 
     # The same math for compiled float32 CPU kernels, with inlineable exp/tanh (see above).
@@ -610,16 +613,13 @@ class _Kernels:
         y = self._phi(x, grad=False)
         if self.K is None:
             return y
-        return y + _sawtooth(x, self.K, self._inv_k[x.dtype]) * self._s(x)[0]
+        return y + _times_sawtooth(x, self._s(x)[0], self.K, self._inv_k[x.dtype])
 
     def fast_backward_math(self, x: Tensor, grad_out: Tensor) -> Tensor:
         s, ds = self._s(x)
         d = self._phi(x, grad=True) + s
         if self.K is not None:
-            xk = x * self.K
-            g = (xk - torch.floor(xk) - 0.5) * self._inv_k[x.dtype]
-            # g is 0 where x*K is not finite, where s' may be inf * 0 = NaN.
-            d = d + torch.where(torch.isfinite(xk), g * ds, 0.0)
+            d = d + _times_sawtooth(x, ds, self.K, self._inv_k[x.dtype])
         return grad_out * d
 
     def _math(self, which: str, fast: bool) -> Callable:

@@ -301,17 +301,26 @@ def test_compiled_kernels_match_eager(name):
     x.requires_grad_(True)
     weights = torch.linspace(0.5, 1.5, x.numel())
     results = {}
+    specials = ~torch.isfinite(x.detach())
     native.set_native(False)  # torch.compile's kernels (the native ones: tests/test_native.py)
     for compiled in (False, True):
         set_compile(compiled)
         try:
-            y = GAAF(name)(x)
+            module = GAAF(name)
+            y = module(x)
             (grad,) = torch.autograd.grad((y * weights).nan_to_num().sum(), x)
-            results[compiled] = (y.detach(), grad)
+            base = torch.compile(module.base) if compiled else module.base
+            results[compiled] = (y.detach(), grad, base(x.detach()))
         finally:
             set_compile(None)
     native.set_native(None)
-    torch.testing.assert_close(results[True][0], results[False][0], rtol=2e-6, atol=1e-6, equal_nan=True)
+    # At +-inf and NaN each path gives what phi gives in the same mode. torch's own phi may differ
+    # between modes there (eager vectorised F.gelu(+inf) is NaN, compiled is +inf), so the two
+    # paths are compared with each other only on finite inputs.
+    for y, _, phi in results.values():
+        torch.testing.assert_close(y[specials], phi[specials], rtol=0, atol=0, equal_nan=True)
+    finite = ~specials
+    torch.testing.assert_close(results[True][0][finite], results[False][0][finite], rtol=2e-6, atol=1e-6)
     torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-5, atol=1e-5, equal_nan=True)
 
 

@@ -319,8 +319,13 @@ def test_compiled_kernels_match_eager(name):
     # paths are compared with each other only on finite inputs.
     for y, _, phi in results.values():
         torch.testing.assert_close(y[specials], phi[specials], rtol=0, atol=0, equal_nan=True)
+    # On finite inputs the GAAF term y - phi (amplitude 0.5/K = 5e-5) agrees across modes to the
+    # rounding of y and phi (|y| up to ~10, ulp ~1e-6: silu 9.5e-7 seen); phi itself may differ by
+    # torch's own compiled-vs-eager rounding (erf in gelu: 1.2e-6 seen on AMD Zen 5).
     finite = ~specials
-    torch.testing.assert_close(results[True][0][finite], results[False][0][finite], rtol=2e-6, atol=1e-6)
+    (y_c, _, phi_c), (y_e, _, phi_e) = results[True], results[False]
+    torch.testing.assert_close(phi_c[finite], phi_e[finite], rtol=1e-5, atol=5e-6)
+    torch.testing.assert_close(y_c[finite] - phi_c[finite], y_e[finite] - phi_e[finite], rtol=0, atol=4e-6)
     torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-5, atol=1e-5, equal_nan=True)
 
 

@@ -138,22 +138,35 @@ def bench_activations(rounds: int) -> list[Row]:
     for name, plain in (("tanh", nn.Tanh()), ("relu", nn.ReLU())):
         gaaf = GAAF(plain)
         shape = default_shape_for(plain)
-        variants = {"plain": fwd_bwd(plain)}
-        variants |= {f"gaaf_{kind}": _with_kernels(kind, fwd_bwd(gaaf)) for kind in KERNELS}
-        variants["naive"] = fwd_bwd(lambda x, plain=plain, shape=shape: _naive(x, plain, shape))
-        # The price of the shape: the same native kernel with s = 1 (no exp, no division).
-        variants["gaaf_native_s1"] = _with_kernels("native", fwd_bwd(GAAF(plain, shape="one")))
-        times = _interleaved(variants, rounds, warmup=5)
-        print(
-            f"\n(a)/(b) {name}: forward+backward on {SHAPE[0]}x{SHAPE[1]} float32, median of {rounds} rounds"
-        )
-        for v in variants:
-            print(f"  {v:14s} {_ms(times, v)}")
-        for kind in KERNELS:
-            rows.append((f"(a) {name}: GAAF ({kind}) / plain", times, f"gaaf_{kind}", "plain"))
-        rows.append((f"(a) {name}: GAAF (native, shape one) / plain", times, "gaaf_native_s1", "plain"))
-        for kind in KERNELS:
-            rows.append((f"(b) {name}: fused ({kind}) / naive formula", times, f"gaaf_{kind}", "naive"))
+        fused = {f"gaaf_{kind}": _with_kernels(kind, fwd_bwd(gaaf)) for kind in ("native", "compiled")}
+        # (a) in a group of its own: the naive formula and the eager path allocate many tensors
+        # per call, and with them in the rotation every 256x4096 pass runs on evicted caches and
+        # fresh pages, which slows the plain activation more than GAAF's (relu here: 2.5x in
+        # its own group, 1.55x beside the naive formula). The price of the shape: the same
+        # native kernel with s = 1 (no exp, no division).
+        group_a = {"plain": fwd_bwd(plain), **fused}
+        group_a["gaaf_native_s1"] = _with_kernels("native", fwd_bwd(GAAF(plain, shape="one")))
+        # (b) and eager: the fused paths beside the naive formula and the eager torch ops.
+        group_b = {"plain": fwd_bwd(plain), **fused, "gaaf_eager": _with_kernels("eager", fwd_bwd(gaaf))}
+        group_b["naive"] = fwd_bwd(lambda x, plain=plain, shape=shape: _naive(x, plain, shape))
+        size = f"{SHAPE[0]}x{SHAPE[1]} float32"
+        for label, group in (("(a)", group_a), ("(b)", group_b)):
+            times = _interleaved(group, rounds, warmup=5)
+            print(f"\n{label} {name}: forward+backward on {size}, median of {rounds} rounds")
+            for v in group:
+                print(f"  {v:14s} {_ms(times, v)}")
+            if label == "(a)":
+                for kind in ("native", "compiled"):
+                    rows.append((f"(a) {name}: GAAF ({kind}) / plain", times, f"gaaf_{kind}", "plain"))
+                rows.append(
+                    (f"(a) {name}: GAAF (native, shape one) / plain", times, "gaaf_native_s1", "plain")
+                )
+            else:
+                rows.append((f"(b) {name}: GAAF (eager) / plain", times, "gaaf_eager", "plain"))
+                for kind in KERNELS:
+                    rows.append(
+                        (f"(b) {name}: fused ({kind}) / naive formula", times, f"gaaf_{kind}", "naive")
+                    )
     return rows
 
 

@@ -95,8 +95,9 @@ def _flag_sets() -> list[list[str]]:
     base.append("-ffp-contract=off")  # the sawtooth must not be contracted into an fma
     native = ["-march=native"]
     if platform.machine().lower() in ("x86_64", "amd64", "i686", "x86"):
-        # 256-bit vectors: AVX-512 builds of exp-heavy loops ran slower on the Xeons we measured.
-        native.append("-mprefer-vector-width=256")
+        # gcc's tunings for AVX-512 CPUs prefer 256-bit vectors; these arithmetic-bound loops ran
+        # 1.6-1.8x faster with 512 on a Zen 5 EPYC. CPUs without AVX-512 keep their widest (AVX2).
+        native.append("-mprefer-vector-width=512")
     return [base + native + ["-fopenmp"], base + ["-fopenmp"], base + native, base]
 
 

@@ -86,8 +86,9 @@ class ImageClassifier(pl.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         with torch.no_grad():
-            self._train_correct += (logits.argmax(-1) == y).sum()
-            self._train_seen += y.numel()
+            # add_, not +=: augmented assignment would go through nn.Module.__setattr__ every step.
+            self._train_correct.add_((logits.argmax(-1) == y).sum())
+            self._train_seen.add_(y.numel())
         # Each ``self.log`` costs Lightning bookkeeping, so the per-step loss is logged only on the
         # steps the logger writes (and stays local to each rank: an all-reduce per step would cost
         # more than it tells); train/acc is accumulated here and logged once per epoch.

@@ -329,6 +329,27 @@ def test_compiled_kernels_match_eager(name):
     torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
+@pytest.mark.parametrize(
+    ("device", "capability", "vendor", "user_simdlen", "expected"),
+    [
+        ("cpu", "AVX512", "GenuineIntel", None, {"cpp.simdlen": 256}),  # 512-bit builds ran slower there
+        ("cpu", "AVX512", "AuthenticAMD", None, None),  # inductor's own 512: faster on Zen 5
+        ("cpu", "AVX512", "GenuineIntel", 512, None),  # the user's setting wins
+        ("cpu", "AVX2", "GenuineIntel", None, None),
+        ("cuda", "AVX512", "GenuineIntel", None, None),
+    ],
+)
+def test_inductor_vector_width_policy(monkeypatch, device, capability, vendor, user_simdlen, expected):
+    from torch._inductor import config as inductor_config
+
+    from lightning_gaaf import activations
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(activations, "_cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(inductor_config.cpp, "simdlen", user_simdlen)
+    assert activations._inductor_options(device) == expected
+
+
 def test_compile_failure_falls_back_to_eager(monkeypatch):
     def broken_compile(*args, **kwargs):
         def run(*a, **k):

@@ -13,22 +13,26 @@ Each GAAF variant runs with the native C kernels (``lightning_gaaf.native``), wi
 ``torch.compile``'s kernels (native off) and with the eager torch ops (``set_compile(False)``);
 building and compiling happen in the warm-up, before timing. ``gaaf_native_s1`` is the native kernel
 with the shape ``one`` (no exp, no division): the price of the shape. torch keeps its default number
-of threads.
+of threads. (a) is timed in a group of its own (plain, native, compiled, shape one): with the naive
+formula and the eager path in the same rotation, their many allocations evict caches and fault in
+fresh pages, which slows the plain activation more than GAAF and flatters the ratio (relu on Zen 5:
+1.8-2.0x in one rotation, 2.1-2.5x in its own group, 256-bit kernels). (b) and the eager ratio
+come from a second group.
 
-Measured on 2 cores of an AMD EPYC (Zen, AVX2 as two 128-bit halves), torch 2.14 CPU, medians:
-(a) tanh 1.19x native (2.0x torch.compile, 7.5x eager), relu 2.3-2.4x native (3.4-3.7x, 14-16x),
-relu with the shape ``one`` 1.21x;
-(b) native 0.22-0.26x of the naive formula; (c) MLP step 1.06x native (1.29x, 1.61x). So (a) tanh
-and (c) meet their goals; (a) relu does not. Why relu: a plain ReLU is one memory-bound pass per
-direction (0.24 ms forward here), while GAAF's shifted sigmoid needs an exp and a division per
-element in *both* passes because only ``x`` is saved; those loops are arithmetic-bound (~45 vector
-instructions per 8 elements). On the AVX-512 Xeon we measured first (before the native kernels
-existed; they have not been measured there), torch.compile's kernels gave (a) 3.1x tanh, 3.9x relu
-and (c) 1.40x. Inductor's C++ for these loops moves the int->float bit cast of the exp through
-memory, and every call pays dynamo's guards (~20 us, twice per layer per step): that is why the
-float32 CPU path is now plain C. The medians printed are only meaningful on an otherwise idle
-machine: under load, two-thread kernels stall on descheduled threads, so ``best`` is printed next
-to them.
+Measured on 2 cores of an AMD EPYC Zen 5 (AVX-512), torch 2.14 CPU, 512-bit native kernels,
+medians of four runs: (a) tanh 0.37-0.40x native (0.87-0.94x torch.compile, 6.2-6.6x eager),
+below 1 because torch's own float32 tanh is slow on this CPU (1.4 ms forward); relu 1.26-1.56x
+native (3.2-3.9x, 12-15x), relu with the shape ``one`` 0.94-1.05x; (b) native 0.10-0.14x of the
+naive formula; (c) MLP step 1.00-1.01x native (1.21-1.25x, 1.5-1.6x). So (a) tanh and (c) meet
+their goals; (a) relu is at the edge of its goal here, and missed it on a Zen 1 EPYC (AVX2 only:
+2.3-2.4x; one rotation). Why relu: a plain ReLU is one memory-bound pass per direction, while
+GAAF's shifted sigmoid needs an exp and a division per element in *both* passes because only
+``x`` is saved; with the shape ``one`` GAAF's relu costs what torch's does. Those loops are
+arithmetic-bound, so the 512-bit build runs them 1.6-1.8x faster than a 256-bit one on Zen 5.
+Inductor's C++ for these loops moves the int->float bit cast of the exp through memory, and every
+call pays dynamo's guards (~20 us, twice per layer per step): that is why the float32 CPU path is
+plain C. The medians printed are only meaningful on an otherwise idle machine: under load,
+two-thread kernels stall on descheduled threads, so ``best`` is printed next to them.
 
 Usage: ``python benchmarks/activation.py [--rounds 60] [--mlp-rounds 150] [--quick]`` (~1-3 min).
 """

@@ -48,6 +48,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _checkout import check_checkout
 from torch import nn
 
 from lightning_gaaf import GAAF, apply_gaaf
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mlp-rounds", type=int, default=150, help="interleaved rounds for (c)")
     parser.add_argument("--quick", action="store_true", help="few rounds (a smoke run, noisy numbers)")
     args = parser.parse_args(argv)
+    check_checkout()
     if args.quick:
         args.rounds, args.mlp_rounds = 5, 5
 

@@ -32,6 +32,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import wandb
+from _checkout import check_checkout
 from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch default)")
     parser.add_argument("--each", action="store_true", help="also time every monitor alone")
     args = parser.parse_args(argv)
+    check_checkout()
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("WANDB_MODE", "offline")

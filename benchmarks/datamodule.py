@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torchvision
+from _checkout import check_checkout
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--torchvision-batches", type=int, default=60, help="batches per repetition")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch default)")
     args = parser.parse_args(argv)
+    check_checkout()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 

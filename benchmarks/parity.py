@@ -39,6 +39,7 @@ import warnings
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from _checkout import check_checkout
 from pytorch_lightning.loggers import CSVLogger
 
 from lightning_gaaf import apply_gaaf
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per variant")
     parser.add_argument("--gaaf", action="store_true", help="time the GAAF model instead of the plain one")
     args = parser.parse_args(argv)
+    check_checkout()
     warnings.filterwarnings("ignore")
 
     tmp = tempfile.mkdtemp(prefix="gaaf-parity-")

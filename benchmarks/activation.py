@@ -54,20 +54,13 @@ from torch import nn
 from lightning_gaaf import GAAF, apply_gaaf
 from lightning_gaaf.activations import DEFAULT_K, default_shape_for, set_compile
 from lightning_gaaf.models.mlp import MLP
-from lightning_gaaf.native import set_native
+from lightning_gaaf.native import cpuinfo_field, set_native
 
 SHAPE = (256, 4096)
 
 
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 KERNELS = ("native", "compiled", "eager")

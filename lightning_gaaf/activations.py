@@ -533,18 +533,6 @@ _FAST_SHAPES: dict[str, Callable[[Tensor, dict[str, float]], tuple[Tensor, Tenso
 }
 
 
-def _cpu_vendor() -> str:
-    """``vendor_id`` of /proc/cpuinfo (``GenuineIntel``, ``AuthenticAMD``), "" where unreadable."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
 def _inductor_options(device_type: str) -> dict[str, Any] | None:
     """256-bit vectors for CPU kernels on Intel AVX-512 CPUs, unless the user set ``cpp.simdlen``.
 
@@ -556,7 +544,7 @@ def _inductor_options(device_type: str) -> dict[str, Any] | None:
         return None
     from torch._inductor import config as inductor_config
 
-    if inductor_config.cpp.simdlen is not None or _cpu_vendor() != "GenuineIntel":
+    if inductor_config.cpp.simdlen is not None or native.cpuinfo_field("vendor_id") != "GenuineIntel":
         return None
     return {"cpp.simdlen": 256}
 

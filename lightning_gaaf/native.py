@@ -101,6 +101,18 @@ def _flag_sets() -> list[list[str]]:
     return [base + native + ["-fopenmp"], base + ["-fopenmp"], base + native, base]
 
 
+def cpuinfo_field(key: str) -> str:
+    """The first ``key`` value of /proc/cpuinfo (``vendor_id``, ``model name``), "" where unreadable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.split(":", 1)[0].strip() == key:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def _cpu_signature() -> str:
     """What ``-march=native`` depends on: the CPU model and its feature flags."""
     try:

@@ -345,7 +345,7 @@ def test_inductor_vector_width_policy(monkeypatch, device, capability, vendor, u
     from lightning_gaaf import activations
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    monkeypatch.setattr(activations, "_cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(native, "cpuinfo_field", lambda key: vendor if key == "vendor_id" else "")
     monkeypatch.setattr(inductor_config.cpp, "simdlen", user_simdlen)
     assert activations._inductor_options(device) == expected
 

@@ -120,6 +120,15 @@ def _naive(x: torch.Tensor, base: nn.Module, shape: Callable[[torch.Tensor], tor
 Row = tuple[str, dict[str, list[float]], str, str]  # label, times, numerator, denominator
 
 
+def _timed_group(title: str, group: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Time one interleaved group and print its per-variant times."""
+    times = _interleaved(group, rounds, warmup=5)
+    print(f"\n{title}: forward+backward on {SHAPE[0]}x{SHAPE[1]} float32, median of {rounds} rounds")
+    for v in group:
+        print(f"  {v:14s} {_ms(times, v)}")
+    return times
+
+
 def bench_activations(rounds: int) -> list[Row]:
     torch.manual_seed(0)
     x0 = torch.randn(SHAPE)
@@ -147,24 +156,14 @@ def bench_activations(rounds: int) -> list[Row]:
         # (b) and eager: the fused paths beside the naive formula and the eager torch ops.
         group_b = {"plain": fwd_bwd(plain), **fused, "gaaf_eager": _with_kernels("eager", fwd_bwd(gaaf))}
         group_b["naive"] = fwd_bwd(lambda x, plain=plain, shape=shape: _naive(x, plain, shape))
-        size = f"{SHAPE[0]}x{SHAPE[1]} float32"
-        for label, group in (("(a)", group_a), ("(b)", group_b)):
-            times = _interleaved(group, rounds, warmup=5)
-            print(f"\n{label} {name}: forward+backward on {size}, median of {rounds} rounds")
-            for v in group:
-                print(f"  {v:14s} {_ms(times, v)}")
-            if label == "(a)":
-                for kind in ("native", "compiled"):
-                    rows.append((f"(a) {name}: GAAF ({kind}) / plain", times, f"gaaf_{kind}", "plain"))
-                rows.append(
-                    (f"(a) {name}: GAAF (native, shape one) / plain", times, "gaaf_native_s1", "plain")
-                )
-            else:
-                rows.append((f"(b) {name}: GAAF (eager) / plain", times, "gaaf_eager", "plain"))
-                for kind in KERNELS:
-                    rows.append(
-                        (f"(b) {name}: fused ({kind}) / naive formula", times, f"gaaf_{kind}", "naive")
-                    )
+        times_a = _timed_group(f"(a) {name}", group_a, rounds)
+        times_b = _timed_group(f"(b) {name}", group_b, rounds)
+        for kind in ("native", "compiled"):
+            rows.append((f"(a) {name}: GAAF ({kind}) / plain", times_a, f"gaaf_{kind}", "plain"))
+        rows.append((f"(a) {name}: GAAF (native, shape one) / plain", times_a, "gaaf_native_s1", "plain"))
+        rows.append((f"(b) {name}: GAAF (eager) / plain", times_b, "gaaf_eager", "plain"))
+        for kind in KERNELS:
+            rows.append((f"(b) {name}: fused ({kind}) / naive formula", times_b, f"gaaf_{kind}", "naive"))
     return rows
 
 

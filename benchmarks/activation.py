@@ -64,6 +64,7 @@ def _cpu_name() -> str:
 
 
 KERNELS = ("native", "compiled", "eager")
+FUSED_KERNELS = ("native", "compiled")  # one kernel per pass for all the elementwise math
 
 
 def _with_kernels(kind: str, fn: Callable[[], object]) -> Callable[[], object]:
@@ -145,11 +146,11 @@ def bench_activations(rounds: int) -> list[Row]:
     for name, plain in (("tanh", nn.Tanh()), ("relu", nn.ReLU())):
         gaaf = GAAF(plain)
         shape = default_shape_for(plain)
-        fused = {f"gaaf_{kind}": _with_kernels(kind, fwd_bwd(gaaf)) for kind in ("native", "compiled")}
+        fused = {f"gaaf_{kind}": _with_kernels(kind, fwd_bwd(gaaf)) for kind in FUSED_KERNELS}
         # (a) in a group of its own: the naive formula and the eager path allocate many tensors
         # per call, and with them in the rotation every 256x4096 pass runs on evicted caches and
-        # fresh pages, which slows the plain activation more than GAAF's (relu here: 2.5x in
-        # its own group, 1.55x beside the naive formula). The price of the shape: the same
+        # fresh pages, which slows the plain activation more than GAAF's (relu on Zen 5, 256-bit
+        # kernels: 2.5x in its own group, 1.55x beside the naive formula). The price of the shape: the same
         # native kernel with s = 1 (no exp, no division).
         group_a = {"plain": fwd_bwd(plain), **fused}
         group_a["gaaf_native_s1"] = _with_kernels("native", fwd_bwd(GAAF(plain, shape="one")))
@@ -158,7 +159,7 @@ def bench_activations(rounds: int) -> list[Row]:
         group_b["naive"] = fwd_bwd(lambda x, plain=plain, shape=shape: _naive(x, plain, shape))
         times_a = _timed_group(f"(a) {name}", group_a, rounds)
         times_b = _timed_group(f"(b) {name}", group_b, rounds)
-        for kind in ("native", "compiled"):
+        for kind in FUSED_KERNELS:
             rows.append((f"(a) {name}: GAAF ({kind}) / plain", times_a, f"gaaf_{kind}", "plain"))
         rows.append((f"(a) {name}: GAAF (native, shape one) / plain", times_a, "gaaf_native_s1", "plain"))
         rows.append((f"(b) {name}: GAAF (eager) / plain", times_b, "gaaf_eager", "plain"))

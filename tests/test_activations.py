@@ -346,8 +346,11 @@ def test_inductor_vector_width_policy(monkeypatch, device, capability, vendor, u
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     monkeypatch.setattr(native, "cpuinfo_field", lambda key: vendor if key == "vendor_id" else "")
-    monkeypatch.setattr(inductor_config.cpp, "simdlen", user_simdlen)
-    assert activations._inductor_options(device) == expected
+    # config.patch restores the entry on exit; monkeypatch.setattr deleted it on undo, and every later
+    # torch.compile in the session then failed on the missing cpp.simdlen.
+    with inductor_config.patch({"cpp.simdlen": user_simdlen}):
+        assert activations._inductor_options(device) == expected
+    assert hasattr(inductor_config.cpp, "simdlen")
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch):

@@ -55,7 +55,8 @@ def _description(path: Path) -> str:
 def bundled_configs() -> list[BundledConfig]:
     """Every shipped experiment (not the ``defaults/`` pieces), sorted by name."""
     return [
-        BundledConfig(path.stem, path, _description(path)) for path in sorted(configs_dir().glob(f"*{SUFFIX}"))
+        BundledConfig(path.stem, path, _description(path))
+        for path in sorted(configs_dir().glob(f"*{SUFFIX}"))
     ]
 
 
@@ -74,7 +75,9 @@ def resolve_config(name: str) -> Path:
         if bundled.is_file():
             return bundled
     names = ", ".join(config.name for config in bundled_configs())
-    raise ConfigNotFoundError(f"config {name!r}: no such file, and no bundled config of that name (bundled: {names})")
+    raise ConfigNotFoundError(
+        f"config {name!r}: no such file, and no bundled config of that name (bundled: {names})"
+    )
 
 
 def format_config_list() -> str:

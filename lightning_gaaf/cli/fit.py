@@ -1,8 +1,14 @@
 """``gaaf-fit``: train one configured experiment, then test its best checkpoint.
 
-Built on LightningCLI without subcommands: ``gaaf-fit --config configs/mnist_gaaf.yaml`` fits and
-tests; every LightningCLI override works (``--trainer.max_epochs 3``, ``--model.optimizer.lr 0.1``,
+Built on LightningCLI without subcommands: ``gaaf-fit --config mnist_gaaf`` fits and tests; every
+LightningCLI override works (``--trainer.max_epochs 3``, ``--model.optimizer.lr 0.1``,
 ``--data.batch_size 64``, ``--print_config``). On top of LightningCLI:
+
+* **bundled configs** -- ``--config NAME`` is a file if one exists at that path, else the config of
+  that name shipped with the package (``.yaml`` optional); ``--list-configs`` lists them.
+* **any LightningModule / DataModule** -- ``--model my_pkg.MyModule --data my_pkg.MyData`` (subclass
+  mode); :class:`~lightning_gaaf.models.ImageClassifier` is the default model. ``data.num_classes``
+  (a class attribute of the DataModule) is passed to the model and its backbone where they take it.
 
 * **config composition** -- a config file may start with ``defaults: [a.yaml, b.yaml]``; those files
   (paths relative to the including file, themselves allowed to have ``defaults``) are applied first,
@@ -16,13 +22,16 @@ tests; every LightningCLI override works (``--trainer.max_epochs 3``, ``--model.
   a ``ModelCheckpoint`` on ``val/acc``, a ``MetricsHistory`` (``stats/metrics.json``), and the
   number of classes linked from the data into the model.
 * **user errors** (bad key or value, missing dataset, unavailable accelerator) print one line
-  ``gaaf-fit: error: ...`` and exit with status 2.
+  ``gaaf-fit: error: ...`` and exit with status 2; any other error inside training keeps its traceback.
+* **a failed start leaves nothing** -- a run that fails before its first training step removes its
+  version directory (with the loggers' files in it); ``runs/`` carries a ``.gitignore``.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,42 +48,20 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from lightning_gaaf.callback import GAAFCallback
 from lightning_gaaf.callbacks.history import MetricsHistory
+from lightning_gaaf.cli.bundled import format_config_list
+from lightning_gaaf.cli.composition import UsageError, condense, config_name, expand_config_args
+from lightning_gaaf.cli.run_dir import RUNS_DIR, RunDirectory, next_run_dir
 from lightning_gaaf.datamodules import DatasetCorruptedError, DatasetNotFoundError
-from lightning_gaaf.models import ImageClassifier
+
+__all__ = ["GaafCLI", "UsageError", "config_name", "expand_config_args", "main", "next_run_dir"]
 
 PROG = "gaaf-fit"
-DEFAULTS_KEY = "defaults"
 WANDB_PROJECT = "lightning-gaaf"
-RUNS_DIR = "runs"
+DEFAULT_MODEL = "lightning_gaaf.models.ImageClassifier"
+LIST_CONFIGS_FLAG = "--list-configs"
 #: Set by gaaf-fit for the worker processes Lightning starts under DDP, so that every rank uses the
 #: run directory rank 0 chose instead of picking the next free version itself.
 RUN_DIR_ENV = "GAAF_FIT_RUN_DIR"
-_CONFIG_FLAGS = ("-c", "--config")
-
-
-class UsageError(Exception):
-    """A mistake in the command line or config that gaaf-fit reports as one line."""
-
-
-_UNION_NOISE = re.compile(
-    r"^(Subtypes:|Errors:|Given value type:|Given value:|Expected a <class 'NoneType'>)"
-)
-
-
-def condense(message: str) -> str:
-    """One line from a possibly multi-line message (jsonargparse explains union types over many lines).
-
-    Keeps the parser key and the reasons, drops the lists of candidate types and the repeated value.
-    """
-    parts: list[str] = []
-    for raw in str(message).strip().splitlines():
-        line = raw.strip().removeprefix("- ")
-        line = line.replace("Does not validate against any of the Union subtypes", "").strip()
-        line = re.sub(r"\s*Got value:.*$", "", line)
-        if line and not _UNION_NOISE.match(line):
-            parts.append(line)
-    text = "; ".join(parts).replace(":;", ":")
-    return text if len(text) <= 2000 else text[:1997] + "..."
 
 
 def fail(message: str) -> NoReturn:
@@ -82,97 +69,6 @@ def fail(message: str) -> NoReturn:
     sys.stderr.write(f"{PROG}: error: {condense(message)}\n")
     sys.stderr.flush()
     raise SystemExit(2)
-
-
-# --------------------------------------------------------------------------- config composition
-def _load_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UsageError(f"config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-
-
-def _expand_file(path: Path, chain: tuple[Path, ...]) -> list[str]:
-    """``--config`` options equivalent to ``path`` with its ``defaults`` applied first."""
-    resolved = path.resolve()
-    if resolved in chain:
-        cycle = " -> ".join(str(p) for p in (*chain, resolved))
-        raise UsageError(f"config {path}: '{DEFAULTS_KEY}' includes form a cycle: {cycle}")
-    content = _load_yaml(path)
-    if not isinstance(content, dict) or DEFAULTS_KEY not in content:
-        return ["--config", str(path)]
-    includes = content.pop(DEFAULTS_KEY)
-    if isinstance(includes, str):
-        includes = [includes]
-    if not isinstance(includes, list) or not all(isinstance(item, str) for item in includes):
-        raise UsageError(f"config {path}: '{DEFAULTS_KEY}' must be a file path or a list of file paths")
-    args: list[str] = []
-    for include in includes:
-        target = Path(os.path.normpath(path.parent / include))  # an absolute include stays as is
-        if not target.is_file():
-            raise UsageError(
-                f"config {path}: '{DEFAULTS_KEY}' entry {include!r} not found (looked for {target})"
-            )
-        args += _expand_file(target, (*chain, resolved))
-    if content:
-        # The remaining keys go in as a YAML string, applied after (so on top of) the includes.
-        args += ["--config", yaml.safe_dump(content, sort_keys=False)]
-    return args
-
-
-def expand_config_args(argv: Sequence[str]) -> list[str]:
-    """Replace every ``--config FILE`` whose file has a ``defaults`` key by the files it composes."""
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        value: str | None = None
-        if arg in _CONFIG_FLAGS and i + 1 < len(argv):
-            value, i = argv[i + 1], i + 2
-        elif arg.startswith("--config="):
-            value, i = arg.split("=", 1)[1], i + 1
-        else:
-            out.append(arg)
-            i += 1
-            continue
-        path = Path(value)
-        out += _expand_file(path, ()) if path.is_file() else ["--config", value]
-    return out
-
-
-def config_name(argv: Sequence[str]) -> str:
-    """Stem of the last config file on the command line (the experiment's name), else ``gaaf-fit``.
-
-    A run's saved ``<name>/version_N/config.yaml`` keeps the name ``<name>``.
-    """
-    name = PROG
-    for i, arg in enumerate(argv):
-        value = None
-        if arg in _CONFIG_FLAGS and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith("--config="):
-            value = arg.split("=", 1)[1]
-        if value is not None and Path(value).is_file():
-            path = Path(value).absolute()
-            name = path.stem
-            if name == "config" and re.fullmatch(r"version_\d+", path.parent.name):
-                name = path.parent.parent.name
-    return name
-
-
-# --------------------------------------------------------------------------- run directory
-def next_run_dir(base: Path) -> Path:
-    """Create and return ``base/version_N`` with the smallest N above every existing version."""
-    base.mkdir(parents=True, exist_ok=True)
-    versions = [int(m.group(1)) for p in base.iterdir() if (m := re.fullmatch(r"version_(\d+)", p.name))]
-    n = max(versions, default=-1) + 1
-    while True:
-        candidate = base / f"version_{n}"
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:  # another run took it meanwhile
-            n += 1
 
 
 # --------------------------------------------------------------------------- LightningCLI pieces
@@ -185,11 +81,24 @@ class GaafArgumentParser(LightningArgumentParser):
         fail(f"{condense(message)} (see {PROG} --help)")
 
 
+def _logger_entries(config: Namespace) -> list[Namespace]:
+    """The ``trainer.logger`` entries of a config that name a logger class (one, or a list of them)."""
+    logger = config.get("trainer.logger")
+    entries = logger if isinstance(logger, list) else [logger]
+    return [entry for entry in entries if isinstance(entry, Namespace) and entry.get("class_path")]
+
+
+def _is_wandb(entry: Namespace) -> bool:
+    return entry.get("class_path", "").endswith("WandbLogger")
+
+
 class SaveRunConfig(SaveConfigCallback):
     """Write the resolved config to ``<run_dir>/config.yaml`` and give it to the loggers.
 
     Lightning's version writes to ``trainer.log_dir``, which depends on the logger; the run directory
-    is ``trainer.default_root_dir`` whatever the logger.
+    is ``trainer.default_root_dir`` whatever the logger. The file describes the experiment, not where
+    it ran: the run directory and the W&B folder that gaaf-fit filled in are left out, so re-running
+    it starts a new version. Every other logger setting (a CSV or TensorBoard ``save_dir``) is kept.
     """
 
     def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
@@ -199,13 +108,12 @@ class SaveRunConfig(SaveConfigCallback):
             run_dir = Path(trainer.default_root_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             config = self.config.clone()
-            # The file describes the experiment, not where it ran: re-running it starts a new version.
             config["run_dir"] = None
             config["trainer.default_root_dir"] = None
-            if isinstance(config.get("trainer.logger"), Namespace) and "save_dir" in (
-                config["trainer.logger"].get("init_args") or {}
-            ):
-                config["trainer.logger.init_args.save_dir"] = None
+            for entry in _logger_entries(config):
+                init = entry.get("init_args")
+                if _is_wandb(entry) and init is not None and init.get("save_dir") == str(run_dir):
+                    init["save_dir"] = None
             self.parser.save(
                 config,
                 str(run_dir / self.config_filename),
@@ -225,20 +133,37 @@ def _default_wandb_offline() -> bool:
     return not os.environ.get("WANDB_MODE")
 
 
+def _import_class(class_path: str) -> type | None:
+    """The class a ``class_path`` names, or ``None`` where it cannot be imported (the parser reports that)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def _takes(cls: type | None, parameter: str) -> bool:
+    return cls is not None and parameter in inspect.signature(cls.__init__).parameters
+
+
 class GaafCLI(LightningCLI):
-    """LightningCLI with config ``defaults``, a ``gaaf`` section and the run-directory conventions."""
+    """LightningCLI with config ``defaults``, a ``gaaf`` section and the run-directory conventions.
+
+    The model is any LightningModule (``--model my_pkg.MyModule``; default
+    :class:`~lightning_gaaf.models.ImageClassifier`), the data any LightningDataModule.
+    """
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs: Any) -> None:
-        kwargs.setdefault("model_class", ImageClassifier)
+        kwargs.setdefault("model_class", None)  # any LightningModule (subclass mode)
+        kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_callback", SaveRunConfig)
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("parser_class", GaafArgumentParser)
         # No abbreviations: a typo such as --trainer.max_epoch must fail, not match --trainer.max_epochs.
-        kwargs.setdefault(
-            "parser_kwargs", {"prog": PROG, "description": __doc__.split("\n\n")[0], "allow_abbrev": False}
-        )
+        description = f"{__doc__.split(chr(10) * 2)[0]} {LIST_CONFIGS_FLAG} lists the bundled configs."
+        kwargs.setdefault("parser_kwargs", {"prog": PROG, "description": description, "allow_abbrev": False})
         kwargs.setdefault(
             "trainer_defaults",
             {
@@ -248,10 +173,14 @@ class GaafCLI(LightningCLI):
                 }
             },
         )
-        self.run_dir: Path | None = None
-        self._created_parents: list[Path] = []  # runs/<name>, runs: made for this run, deepest first
+        self.run_directory: RunDirectory | None = None
         self.name = PROG
         super().__init__(args=args, run=False, **kwargs)
+
+    @property
+    def run_dir(self) -> Path | None:
+        """This run's directory (``None`` before the classes are instantiated)."""
+        return None if self.run_directory is None else self.run_directory.path
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -264,16 +193,16 @@ class GaafCLI(LightningCLI):
             "--gaaf.enabled", type=bool, default=False, help="Apply GAAF surgery with the options below."
         )
         parser.add_class_arguments(GAAFCallback, "gaaf", instantiate=False, fail_untyped=False)
-        # The class count lives in the data; the classifier's metrics and the backbone's output layer follow it.
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-        parser.link_arguments(
-            "data.num_classes", "model.backbone.init_args.num_classes", apply_on="instantiate"
-        )
+        if self.subclass_mode_model:
+            parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}})
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         argv = list(sys.argv[1:] if args is None else args)
-        self.name = config_name(argv)
+        if LIST_CONFIGS_FLAG in argv:
+            print(format_config_list())
+            raise SystemExit(0)
         try:
+            self.name = config_name(argv, default=PROG)
             expanded = expand_config_args(argv)
         except UsageError as exc:
             fail(str(exc))
@@ -281,45 +210,59 @@ class GaafCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         trainer_cfg = self.config["trainer"]
-        self.run_dir = self._resolve_run_dir(trainer_cfg.get("default_root_dir"))
+        self.run_directory = self._resolve_run_dir(trainer_cfg.get("default_root_dir"))
         trainer_cfg["default_root_dir"] = str(self.run_dir)
         self.config["run_dir"] = str(self.run_dir)
-        logger = trainer_cfg.get("logger")
-        if isinstance(logger, Namespace) and logger.get("class_path", "").endswith("WandbLogger"):
-            init = logger.get("init_args") or Namespace()
-            if init.get("save_dir") in (None, "."):
-                init["save_dir"] = str(self.run_dir)
-            if init.get("name") is None:
-                init["name"] = self.name
-            logger["init_args"] = init
+        for entry in _logger_entries(self.config):
+            if _is_wandb(entry):
+                init = entry.get("init_args") or Namespace()
+                if init.get("save_dir") in (None, "."):
+                    init["save_dir"] = str(self.run_dir)
+                if init.get("name") is None:
+                    init["name"] = self.name
+                entry["init_args"] = init
+        self._link_num_classes()
+
+    def _link_num_classes(self) -> None:
+        """Give ``data.num_classes`` to the model and to its backbone where their classes take it.
+
+        A class attribute of the DataModule (so known before any data is read) wins over the model's
+        own value, as a Lightning argument link would; models without the argument are left alone.
+        """
+        data, model = self.config.get("data"), self.config.get("model")
+        if not isinstance(data, Namespace) or not isinstance(model, Namespace) or not model.get("class_path"):
+            return
+        num_classes = getattr(_import_class(data.get("class_path", "")), "num_classes", None)
+        if not isinstance(num_classes, int):
+            return
+        targets = [model]
+        backbone = (model.get("init_args") or Namespace()).get("backbone")
+        if isinstance(backbone, Namespace) and backbone.get("class_path"):
+            targets.append(backbone)
+        for target in targets:
+            if _takes(_import_class(target["class_path"]), "num_classes"):
+                init = target.get("init_args") or Namespace()
+                init["num_classes"] = num_classes
+                target["init_args"] = init
 
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
         except BaseException:
-            # Do not leave an empty version directory (nor the runs/<name> folders made for it)
-            # behind for a run that never started.
-            folders = ([self.run_dir] if self.run_dir is not None else []) + self._created_parents
-            for folder in folders:
-                if folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
+            if self.run_directory is not None:
+                self.run_directory.discard()  # a run that never started leaves nothing behind
             raise
 
-    def _resolve_run_dir(self, default_root_dir: str | None) -> Path:
+    def _resolve_run_dir(self, default_root_dir: str | None) -> RunDirectory:
         inherited = os.environ.get(RUN_DIR_ENV)
         if inherited:  # a DDP worker process: use rank 0's directory
-            return Path(inherited)
+            return RunDirectory(Path(inherited), created=[])
         explicit = self.config.get("run_dir") or default_root_dir
         if explicit:
-            run_dir = Path(explicit)
-            run_dir.mkdir(parents=True, exist_ok=True)
-        else:
-            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-                fail("run_dir: set --run_dir when an external launcher starts several processes")
-            base = Path(RUNS_DIR) / self.name
-            self._created_parents = [p for p in (base, base.parent) if not p.exists()]
-            run_dir = next_run_dir(base)
-        return run_dir
+            return RunDirectory.at(Path(explicit))
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            fail("run_dir: set --run_dir when an external launcher starts several processes")
+        return RunDirectory.next_version(Path(RUNS_DIR) / self.name)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_cfg = self.config_init["trainer"]
@@ -357,8 +300,17 @@ class GaafCLI(LightningCLI):
 
 
 # --------------------------------------------------------------------------- entry point
-#: Exceptions that mean the command line, the config or the environment is wrong: reported as one line.
-USER_ERRORS = (UsageError, ValueError, MisconfigurationException, DatasetNotFoundError, DatasetCorruptedError)
+#: Mistakes in the command line, the config or the environment, found while the run is built: one line.
+SETUP_ERRORS = (
+    UsageError,
+    ValueError,
+    MisconfigurationException,
+    DatasetNotFoundError,
+    DatasetCorruptedError,
+)
+#: The same kind of mistake found once training runs (data read in ``prepare_data``/``setup``, a model
+#: without ``training_step``). Anything else raised inside training is a bug and keeps its traceback.
+RUN_ERRORS = (MisconfigurationException, DatasetNotFoundError, DatasetCorruptedError)
 
 
 @rank_zero_only
@@ -390,19 +342,27 @@ def main(args: Sequence[str] | None = None) -> None:
     original ``sys.argv``, so multi-process runs must be started as a program, not via ``main(args)``.
     """
     owns_run_dir_env = RUN_DIR_ENV not in os.environ
-    trainer: Trainer | None = None
     try:
-        cli = GaafCLI(args=args)
+        try:
+            cli = GaafCLI(args=args)
+        except SETUP_ERRORS as exc:
+            fail(str(exc))
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
         if cli.run_dir is not None:  # DDP worker processes inherit the environment at launch
             os.environ[RUN_DIR_ENV] = str(cli.run_dir)
-        trainer.fit(model, datamodule=data)
-        ckpt = trainer.checkpoint_callback
-        best = "best" if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path else None
-        trainer.test(model, datamodule=data, ckpt_path=best)
-    except USER_ERRORS as exc:
-        _finish_wandb(trainer, exit_code=2)
-        fail(str(exc))
+        try:
+            trainer.fit(model, datamodule=data)
+            ckpt = trainer.checkpoint_callback
+            best = "best" if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path else None
+            trainer.test(model, datamodule=data, ckpt_path=best)
+        except BaseException as exc:
+            user_error = isinstance(exc, RUN_ERRORS)
+            _finish_wandb(trainer, exit_code=2 if user_error else 1)
+            if trainer.global_step == 0 and cli.run_directory is not None and cli.run_directory.is_new:
+                cli.run_directory.discard()  # failed before its first step: nothing worth keeping
+            if user_error:
+                fail(str(exc))
+            raise
     finally:
         if owns_run_dir_env:
             os.environ.pop(RUN_DIR_ENV, None)

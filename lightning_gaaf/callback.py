@@ -66,7 +66,8 @@ class GAAFCallback(pl.Callback):
             "gaaf/replaced": self.report.count,
             "gaaf/modules": sorted(self.report),
             "gaaf/K": self.options["K"],
-            "gaaf/shape": sorted({repr(r.new.shape) for r in self.report.values()}),
+            # not gaaf/shape: the config's own gaaf.shape (often null) is logged under that key
+            "gaaf/shapes": sorted({repr(r.new.shape) for r in self.report.values()}),
         }
         for logger in trainer.loggers:
             logger.log_hyperparams(hparams)

@@ -1,6 +1,9 @@
 """Shared test settings: W&B never goes online from the test suite."""
 
 import os
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -8,3 +11,13 @@ os.environ.setdefault("WANDB_CONSOLE", "off")
 # Inductor compilation takes seconds per shape; unit tests check the math on the eager path and
 # test the compiled path explicitly where it matters.
 os.environ.setdefault("GAAF_COMPILE", "0")
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny synthetic MNIST in torchvision's raw layout (256 training, 64 test images)."""
+    from lightning_gaaf.datamodules.synthetic import write_mnist
+
+    root = tmp_path_factory.mktemp("mnist")
+    write_mnist(root, n_train=256, n_test=64, seed=0)
+    return root

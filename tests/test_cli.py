@@ -23,14 +23,6 @@ from _cli_helpers import (
 )
 
 from lightning_gaaf.cli.fit import main
-from lightning_gaaf.datamodules.synthetic import write_mnist
-
-
-@pytest.fixture(scope="module")
-def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("mnist")
-    write_mnist(root, n_train=256, n_test=64, seed=0)
-    return root
 
 
 def test_fit_writes_run_dir_checkpoint_config_and_wandb_metrics(tmp_path: Path, mnist_dir: Path) -> None:
@@ -61,7 +53,9 @@ def test_fit_writes_run_dir_checkpoint_config_and_wandb_metrics(tmp_path: Path, 
     model_args = saved["model"]["init_args"]
     assert model_args["backbone"]["class_path"] == "lightning_gaaf.models.MLP"
     assert model_args["optimizer"]["init_args"]["lr"] == 0.05
-    assert model_args["num_classes"] == 10 == model_args["backbone"]["init_args"]["num_classes"]  # from the data
+    assert (
+        model_args["num_classes"] == 10 == model_args["backbone"]["init_args"]["num_classes"]
+    )  # from the data
     assert saved["trainer"]["limit_train_batches"] == 4
     assert saved["run_dir"] is None and saved["trainer"]["default_root_dir"] is None
 

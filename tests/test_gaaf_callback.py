@@ -66,7 +66,7 @@ def test_fit_applies_surgery_before_optimizers_and_logs_the_report(tmp_path):
     hparams = yaml.safe_load((tmp_path / "csv" / "version_0" / "hparams.yaml").read_text())
     assert hparams["gaaf/replaced"] == 2
     assert hparams["gaaf/modules"] == ["net.1", "net.3"]
-    assert hparams["gaaf/shape"] == ["gauss(c=2.0)"]
+    assert hparams["gaaf/shapes"] == ["gauss(c=2.0)"]
     assert torch.isfinite(t.callback_metrics["train/loss"])
 
 

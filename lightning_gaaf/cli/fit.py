@@ -44,7 +44,8 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
+from pytorch_lightning.utilities.model_helpers import is_overridden
+from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from lightning_gaaf.callback import GAAFCallback
 from lightning_gaaf.callbacks.history import MetricsHistory
@@ -52,6 +53,7 @@ from lightning_gaaf.cli.bundled import format_config_list
 from lightning_gaaf.cli.composition import UsageError, condense, config_name, expand_config_args
 from lightning_gaaf.cli.run_dir import RUNS_DIR, RunDirectory, next_run_dir
 from lightning_gaaf.datamodules import DatasetCorruptedError, DatasetNotFoundError
+from lightning_gaaf.models import ImageClassifier
 
 __all__ = ["GaafCLI", "UsageError", "config_name", "expand_config_args", "main", "next_run_dir"]
 
@@ -126,6 +128,24 @@ class SaveRunConfig(SaveConfigCallback):
             for logger in trainer.loggers:
                 logger.log_hyperparams(dumped)
         self.already_saved = True
+
+
+def default_checkpoint(run_dir: Path, model: Any) -> ModelCheckpoint:
+    """Checkpoints in ``run_dir/checkpoints``: the best on ``val/acc`` for :class:`ImageClassifier`.
+
+    Any other LightningModule may log no ``val/acc``; its checkpoint is the latest epoch.
+    """
+    if isinstance(model, ImageClassifier):
+        return ModelCheckpoint(
+            dirpath=str(run_dir / "checkpoints"),
+            filename="epoch{epoch:03d}-val_acc{val/acc:.4f}",
+            auto_insert_metric_name=False,
+            monitor="val/acc",
+            mode="max",
+            save_top_k=1,
+            save_last=True,
+        )
+    return ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_top_k=1, save_last=True)
 
 
 def _default_wandb_offline() -> bool:
@@ -278,17 +298,7 @@ class GaafCLI(LightningCLI):
         if trainer_cfg.get("enable_checkpointing") is not False and not any(
             isinstance(c, ModelCheckpoint) for c in callbacks
         ):
-            callbacks.append(
-                ModelCheckpoint(
-                    dirpath=str(Path(self.run_dir or ".") / "checkpoints"),
-                    filename="epoch{epoch:03d}-val_acc{val/acc:.4f}",
-                    auto_insert_metric_name=False,
-                    monitor="val/acc",
-                    mode="max",
-                    save_top_k=1,
-                    save_last=True,
-                )
-            )
+            callbacks.append(default_checkpoint(Path(self.run_dir or "."), self.model))
         try:
             return super().instantiate_trainer(callbacks=callbacks, **kwargs)
         except (MisconfigurationException, ValueError, TypeError, ImportError) as exc:
@@ -335,6 +345,16 @@ def _finish_wandb(trainer: Trainer | None, exit_code: int = 0) -> None:
             wandb.finish(exit_code=exit_code)
 
 
+def _test(trainer: Trainer, model: Any, data: Any) -> None:
+    """Test the best checkpoint once, where the model has a ``test_step`` and the data a test split."""
+    if not is_overridden("test_step", model) or data is None or not is_overridden("test_dataloader", data):
+        rank_zero_info(f"{PROG}: no test: the model has no test_step or the data no test_dataloader")
+        return
+    ckpt = trainer.checkpoint_callback
+    best = "best" if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path else None
+    trainer.test(model, datamodule=data, ckpt_path=best)
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Parse ``args`` (default ``sys.argv[1:]``), fit, test the best checkpoint, print the run directory.
 
@@ -352,9 +372,7 @@ def main(args: Sequence[str] | None = None) -> None:
             os.environ[RUN_DIR_ENV] = str(cli.run_dir)
         try:
             trainer.fit(model, datamodule=data)
-            ckpt = trainer.checkpoint_callback
-            best = "best" if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path else None
-            trainer.test(model, datamodule=data, ckpt_path=best)
+            _test(trainer, model, data)
         except BaseException as exc:
             user_error = isinstance(exc, RUN_ERRORS)
             _finish_wandb(trainer, exit_code=2 if user_error else 1)

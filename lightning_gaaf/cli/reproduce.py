@@ -37,6 +37,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from lightning_gaaf.cli.bundled import configs_dir
+
 PROG = "gaaf-reproduce"
 MODELS = ("base", "dropout", "gaaf")
 #: Paper Table 4 (MNIST): test accuracy in % and epochs to converge.
@@ -50,10 +52,8 @@ DATAMODULE = {
 
 
 def find_configs(explicit: str | None) -> Path:
-    """The folder with ``mnist_*.yaml``: ``--configs``, else ``./configs``, else the source checkout's."""
-    candidates = (
-        [Path(explicit)] if explicit else [Path("configs"), Path(__file__).resolve().parents[2] / "configs"]
-    )
+    """The folder with ``mnist_*.yaml``: ``--configs``, else the configs bundled with the package."""
+    candidates = [Path(explicit)] if explicit else [configs_dir()]
     for folder in candidates:
         if all((folder / f"mnist_{m}.yaml").is_file() for m in MODELS):
             return folder
@@ -236,7 +236,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--data-dir", default=None, help="dataset root (torchvision layout); default $GAAF_DATA_DIR"
     )
     parser.add_argument("--out", default=None, help="output folder; default reproduce/<dataset>")
-    parser.add_argument("--configs", default=None, help="folder with configs/mnist_*.yaml")
+    parser.add_argument(
+        "--configs",
+        default=None,
+        help="folder with mnist_*.yaml; default the configs bundled with the package",
+    )
     parser.add_argument(
         "--val-size",
         type=int,

@@ -53,8 +53,17 @@ ARGS = [
     "--trainer.enable_progress_bar",
     "false",
 ]
+EXACT = {"weights": 0.0, "metrics": 0.0, "grad_info.json": 0.0, "saturation.json": 0.0, "wandb": 0.0}
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
 STATS = ("metrics.json", "grad_info.json", "saturation.json")
+#: MetricsHistory's epoch record N holds the train/acc that ImageClassifier logged at the end of epoch
+#: N-1 (the callback's epoch-end hook runs before the module's), so the first record after a resume
+#: has none; train/acc is compared in the W&B history instead.
+NOT_IN_FIRST_RECORD = ("train/acc",)
+#: What a mid-epoch resume does not reproduce (see the test): epoch-start hooks do not run again.
+MID_EPOCH_GAPS = ("train/acc", "lr-SGD")
+#: Keys compared in the W&B history, by global step.
+WANDB_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/acc", "test/loss")
 
 
 @pytest.fixture(scope="module")
@@ -159,23 +168,54 @@ def _exit_code(records: list[dict[str, Any]]) -> int | None:
     return exits[-1] if exits else None
 
 
-def differences(resumed: Path, reference: Path) -> dict[str, float]:
-    """Max abs differences between two finished runs: weights (last.ckpt), epoch metrics, statistics."""
+def differences(
+    resumed: Path,
+    reference: Path,
+    ignore: tuple[str, ...] = NOT_IN_FIRST_RECORD,
+    wandb_ignore: tuple[str, ...] = (),
+) -> dict[str, float]:
+    """Max abs differences between two finished runs: weights (last.ckpt), metrics, monitor statistics.
+
+    ``metrics`` covers every key of every epoch record of ``stats/metrics.json`` (a key missing on one
+    side fails) except ``ignore``, and the test metrics; ``wandb`` the W&B history of ``WANDB_KEYS``
+    except ``wandb_ignore``, step by step.
+    """
     a, b = _ckpt(resumed / "checkpoints" / "last.ckpt"), _ckpt(reference / "checkpoints" / "last.ckpt")
     assert a["state_dict"].keys() == b["state_dict"].keys()
     out = {
         "weights": max((a["state_dict"][k] - b["state_dict"][k]).abs().max().item() for k in a["state_dict"])
     }
     ma, mb = _stats(resumed, "metrics.json"), _stats(reference, "metrics.json")
-    assert [sorted(r) for r in ma["epochs"]] == [sorted(r) for r in mb["epochs"]]
-    out["metrics"] = max(
-        abs(ra[k] - rb[k]) for ra, rb in zip(ma["epochs"], mb["epochs"], strict=True) for k in ra
-    )
+    records = [*zip(ma["epochs"], mb["epochs"], strict=True), (ma["test"], mb["test"])]
+    out["metrics"] = 0.0
+    for ra, rb in records:
+        for key in (set(ra) | set(rb)) - set(ignore):
+            assert key in ra and key in rb, (key, ra, rb)
+            out["metrics"] = max(out["metrics"], abs(ra[key] - rb[key]))
     for name in STATS[1:]:
         sa, sb = _stats(resumed, name), _stats(reference, name)
         assert sa["steps"] == sb["steps"], name
         out[name] = _max_diff(sa, sb)
+    wa, wb = _wandb_series(resumed), _wandb_series(reference)
+    keys = set(WANDB_KEYS) - set(wandb_ignore)
+    assert {k: sorted(v) for k, v in wa.items() if k in keys} == {
+        k: sorted(v) for k, v in wb.items() if k in keys
+    }
+    out["wandb"] = max(abs(wa[k][step] - wb[k][step]) for k in keys for step in wb[k])
     return out
+
+
+def _wandb_series(run_dir: Path) -> dict[str, dict[int, float]]:
+    """W&B history values by key and global step, over all offline runs (a resumed part overrides)."""
+    series: dict[str, dict[int, float]] = {}
+    for records in _wandb_runs(run_dir):
+        for record in records:
+            if record.get("type") == "history":
+                item = record["history"]["item"]
+                for key in WANDB_KEYS:
+                    if key in item:
+                        series.setdefault(key, {})[int(item["trainer/global_step"])] = item[key]
+    return series
 
 
 def _max_diff(a: Any, b: Any) -> float:
@@ -224,8 +264,7 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(
     # The monitors' files exist with what was recorded before the signal.
     metrics = _stats(run_dir, "metrics.json")
     assert [r["epoch"] for r in metrics["epochs"]] == [1]
-    for name in STATS:
-        assert (run_dir / "stats" / name).is_file(), name
+    # (grad_info.json and saturation.json are written at the end of training so far.)
     (wandb_run,) = _wandb_runs(run_dir)
     assert _exit_code(wandb_run) == 143
     assert any(r.get("type") == "preempting" for r in wandb_run)
@@ -241,27 +280,33 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(
     assert _run_id(first) == _run_id(second)  # the same W&B run, resumed
     assert _exit_code(second) == 0
 
-    diff = differences(run_dir, reference)
+    # Lightning does not run the epoch-start hooks again when a fit resumes mid-epoch: the learning
+    # rate (LearningRateMonitor, logging_interval=epoch) is not logged for that epoch, and
+    # ImageClassifier's training-accuracy counters (not part of the checkpoint) restart at zero.
+    diff = differences(run_dir, reference, ignore=MID_EPOCH_GAPS, wandb_ignore=("train/acc",))
     print("single process, SIGTERM at step", step, diff)
-    assert diff == {"weights": 0.0, "metrics": 0.0, "grad_info.json": 0.0, "saturation.json": 0.0}
+    assert diff == EXACT
 
 
-def test_sigint_at_the_end_of_an_epoch_then_resume_equals_uninterrupted(
+def test_sigint_in_the_last_batch_of_an_epoch_continues_from_the_previous_epoch(
     tmp_path: Path, mnist_dir: Path, reference: Path
 ) -> None:
-    stopped = _interrupt(tmp_path, mnist_dir, STEPS_PER_EPOCH, signal.SIGINT)  # last batch of epoch 1
+    """Stopped in an epoch's last batch, the run continues from the end of the epoch before, exactly."""
+    stopped = _interrupt(tmp_path, mnist_dir, 2 * STEPS_PER_EPOCH, signal.SIGINT)  # last batch of epoch 2
     assert stopped.returncode == 130, stopped.stderr[-3000:]
     assert "interrupted by SIGINT (exit 130)" in stopped.stderr
     assert "Traceback" not in stopped.stderr
     run_dir = _run_dir(tmp_path)
+    last = _ckpt(run_dir / "checkpoints" / "last.ckpt")
+    assert (last["epoch"], last["global_step"]) == (0, STEPS_PER_EPOCH)
     (wandb_run,) = _wandb_runs(run_dir)
     assert _exit_code(wandb_run) == 130
 
     resumed = run_fit(*ARGS, "--ckpt_path", "last", cwd=tmp_path, env=_env(mnist_dir), timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     diff = differences(run_dir, reference)
-    print("single process, SIGINT at step", STEPS_PER_EPOCH, diff)
-    assert diff == {"weights": 0.0, "metrics": 0.0, "grad_info.json": 0.0, "saturation.json": 0.0}
+    print("single process, SIGINT in the last batch of epoch 2", diff)
+    assert diff == EXACT
 
 
 def test_resume_from_an_epoch_boundary_with_more_epochs_equals_uninterrupted(
@@ -278,7 +323,7 @@ def test_resume_from_an_epoch_boundary_with_more_epochs_equals_uninterrupted(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     diff = differences(run_dir, reference)
     print("single process, resumed after epoch 1", diff)
-    assert diff == {"weights": 0.0, "metrics": 0.0, "grad_info.json": 0.0, "saturation.json": 0.0}
+    assert diff == EXACT
 
 
 # ----------------------------------------------------------------------------- user errors
@@ -369,6 +414,6 @@ def test_ddp_sigterm_to_rank_zero_then_resume_equals_uninterrupted(
     assert _run_dir(tmp_path) == run_dir
     first, second = _wandb_runs(run_dir)
     assert _run_id(first) == _run_id(second)
-    diff = differences(run_dir, reference_ddp)
+    diff = differences(run_dir, reference_ddp, ignore=MID_EPOCH_GAPS, wandb_ignore=("train/acc",))
     print("DDP 2 processes, SIGTERM at step", step, diff)
-    assert diff == {"weights": 0.0, "metrics": 0.0, "grad_info.json": 0.0, "saturation.json": 0.0}
+    assert diff == EXACT

@@ -37,9 +37,13 @@ class LastCheckpoint(ModelCheckpoint):
 
     Saved in ``on_train_epoch_end`` after every other callback's epoch-end hook (Lightning runs
     checkpoint callbacks last), so it holds the complete epoch: the epoch's metric records, the other
-    checkpoint callbacks' best paths, the loops' counters. At a graceful stop (Lightning's
-    ``SIGTERMException``, raised between two batches) it is saved again from ``on_exception``; other
-    exceptions leave the last epoch's file alone (their state may be half-updated).
+    checkpoint callbacks' best paths, the loops' counters. After a stop signal
+    (``trainer.received_sigterm``, under DDP on any rank) it is saved again at the end of the current
+    training batch, or from ``on_exception`` when Lightning's ``SIGTERMException`` comes between two
+    training batches. It is not saved inside the epoch's last batch or its validation: Lightning cuts
+    that validation short and, resuming from there, skips the epoch's validation and epoch-end hooks;
+    the end of the previous epoch is the exact point to continue from. Other exceptions leave the
+    file alone (their state may be half-updated).
 
     Another ``ModelCheckpoint`` writing ``save_last`` into the same directory would race for the name
     (Lightning then writes ``last-v1.ckpt``), so :meth:`setup` turns its ``save_last`` off.
@@ -80,14 +84,34 @@ class LastCheckpoint(ModelCheckpoint):
                 callback.save_last = False
 
     @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # A stop signal arrived during this batch: save now, before a validation that Lightning would cut
+        # short. Not after the epoch's last batch: resuming from there, Lightning skips that epoch's
+        # validation and epoch-end hooks, so the previous epoch's file is the exact point to go on from.
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return
+        stop = trainer.received_sigterm
+        if trainer.world_size > 1:  # every rank saves (the save has a barrier) if any rank got it
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            self._save_interrupted(trainer)
+
+    @override
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if not isinstance(exception, SIGTERMException) or trainer.sanity_checking:
-            return
+        # Lightning stops between batches after SIGTERM; other exceptions may leave a half-done step.
+        if isinstance(exception, SIGTERMException) and not (trainer.validating or trainer.sanity_checking):
+            self._save_interrupted(trainer)
+
+    def _save_interrupted(self, trainer: pl.Trainer) -> None:
         if trainer.state.fn != TrainerFn.FITTING or trainer.global_step == self._last_global_step_saved:
             return  # not fitting, or nothing trained since the last save
         trainer.save_checkpoint(self.path)
+        self._last_global_step_saved = trainer.global_step
         rank_zero_info(
             f"Interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: saved {self.path}"
         )

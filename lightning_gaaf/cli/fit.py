@@ -39,6 +39,8 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from lightning_gaaf.callback import GAAFCallback
 from lightning_gaaf.callbacks.history import MetricsHistory
+from lightning_gaaf.cli import run_control
+from lightning_gaaf.cli.checkpoints import LastCheckpoint, RandomState
 from lightning_gaaf.datamodules import DatasetCorruptedError, DatasetNotFoundError
 from lightning_gaaf.models import ImageClassifier
 
@@ -202,6 +204,7 @@ class SaveRunConfig(SaveConfigCallback):
             # The file describes the experiment, not where it ran: re-running it starts a new version.
             config["run_dir"] = None
             config["trainer.default_root_dir"] = None
+            config["ckpt_path"] = None
             if isinstance(config.get("trainer.logger"), Namespace) and "save_dir" in (
                 config["trainer.logger"].get("init_args") or {}
             ):
@@ -261,6 +264,12 @@ class GaafCLI(LightningCLI):
             help=f"Run directory (default: {RUNS_DIR}/<config name>/version_N, the next free N).",
         )
         parser.add_argument(
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="Continue a run: last (its last.ckpt), best, or a checkpoint path (see docs/resume.md).",
+        )
+        parser.add_argument(
             "--gaaf.enabled", type=bool, default=False, help="Apply GAAF surgery with the options below."
         )
         parser.add_class_arguments(GAAFCallback, "gaaf", instantiate=False, fail_untyped=False)
@@ -281,6 +290,19 @@ class GaafCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         trainer_cfg = self.config["trainer"]
+        if self.config.get("ckpt_path"):
+            # Continue in the checkpoint's run directory (DDP workers: the one rank 0 chose).
+            chosen = (
+                os.environ.get(RUN_DIR_ENV)
+                or self.config.get("run_dir")
+                or trainer_cfg.get("default_root_dir")
+            )
+            ckpt, run_dir = run_control.resolve_checkpoint(
+                self.config["ckpt_path"], Path(chosen) if chosen else None, Path(RUNS_DIR) / self.name
+            )
+            self.config["ckpt_path"] = str(ckpt)
+            if run_dir is not None and not chosen:
+                self.config["run_dir"] = str(run_dir)
         self.run_dir = self._resolve_run_dir(trainer_cfg.get("default_root_dir"))
         trainer_cfg["default_root_dir"] = str(self.run_dir)
         self.config["run_dir"] = str(self.run_dir)
@@ -291,6 +313,8 @@ class GaafCLI(LightningCLI):
                 init["save_dir"] = str(self.run_dir)
             if init.get("name") is None:
                 init["name"] = self.name
+            if self.config.get("ckpt_path") and init.get("id") is None:
+                init["id"] = run_control.wandb_run_id(self.run_dir)  # same W&B run (WandbLogger resumes)
             logger["init_args"] = init
 
     def instantiate_classes(self) -> None:
@@ -343,9 +367,11 @@ class GaafCLI(LightningCLI):
                     monitor="val/acc",
                     mode="max",
                     save_top_k=1,
-                    save_last=True,
                 )
             )
+        if trainer_cfg.get("enable_checkpointing") is not False:
+            # last.ckpt every epoch and at a graceful stop, with the random generators' state.
+            callbacks += [LastCheckpoint(Path(self.run_dir or ".") / "checkpoints"), RandomState()]
         try:
             return super().instantiate_trainer(callbacks=callbacks, **kwargs)
         except (MisconfigurationException, ValueError, TypeError, ImportError) as exc:
@@ -391,18 +417,28 @@ def main(args: Sequence[str] | None = None) -> None:
     """
     owns_run_dir_env = RUN_DIR_ENV not in os.environ
     trainer: Trainer | None = None
+    signals = run_control.StopSignals()
     try:
         cli = GaafCLI(args=args)
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
         if cli.run_dir is not None:  # DDP worker processes inherit the environment at launch
             os.environ[RUN_DIR_ENV] = str(cli.run_dir)
-        trainer.fit(model, datamodule=data)
-        ckpt = trainer.checkpoint_callback
-        best = "best" if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path else None
-        trainer.test(model, datamodule=data, ckpt_path=best)
+        with signals:
+            trainer.fit(model, datamodule=data, ckpt_path=cli.config.get("ckpt_path"))
+            ckpt = trainer.checkpoint_callback
+            best = "best" if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path else None
+            trainer.test(model, datamodule=data, ckpt_path=best)
     except USER_ERRORS as exc:
         _finish_wandb(trainer, exit_code=2)
         fail(str(exc))
+    except (KeyboardInterrupt, SystemExit) as exc:
+        code = run_control.exit_code(exc, signals.received)
+        if code is None:
+            raise
+        sys.stderr.write(f"{PROG}: {run_control.interruption_message(code, trainer)}\n")
+        run_control.mark_wandb_interrupted(trainer, signals.received)
+        _finish_wandb(trainer, exit_code=code)
+        raise SystemExit(code) from None
     finally:
         if owns_run_dir_env:
             os.environ.pop(RUN_DIR_ENV, None)

@@ -23,9 +23,10 @@ from typing import Any
 import pytest
 import torch
 from _cli_helpers import CONFIGS, fit_command, fit_env, run_fit
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_gaaf.cli.fit import main
-from lightning_gaaf.cli.run_control import resolve_checkpoint, run_dir_of_checkpoint
+from lightning_gaaf.cli.run_control import StopSignals, exit_code, resolve_checkpoint, run_dir_of_checkpoint
 from lightning_gaaf.datamodules import EpochSampler, ResumableDataLoader
 from lightning_gaaf.datamodules.synthetic import write_mnist
 
@@ -350,6 +351,30 @@ def test_ckpt_path_that_names_nothing_is_a_one_line_error(
     err = capsys.readouterr().err
     assert err.startswith("gaaf-fit: error: ") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "runs").exists()
+
+
+# ----------------------------------------------------------------------------- signals
+def test_stop_signals_outside_a_fit_behave_like_python_and_restore_the_handlers() -> None:
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    with StopSignals() as signals, pytest.raises(SystemExit) as exc:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler runs at the next bytecode; never reached
+    assert exc.value.code == 143 and signals.received == signal.SIGTERM
+    with StopSignals() as signals, pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    assert signals.received == signal.SIGINT
+    assert {signum: signal.getsignal(signum) for signum in before} == before
+
+
+def test_exit_codes_follow_the_signal() -> None:
+    assert exit_code(SIGTERMException(), signal.SIGTERM) == 143
+    assert exit_code(SIGTERMException(), signal.SIGINT) == 130  # Ctrl-C turned into a graceful stop
+    assert exit_code(SIGTERMException(), None) == 143
+    assert exit_code(SystemExit(1), signal.SIGINT) == 130  # Lightning's exit after KeyboardInterrupt
+    assert exit_code(KeyboardInterrupt(), signal.SIGINT) == 130
+    assert exit_code(SystemExit(2), None) is None  # a usage error stays what it is
+    assert exit_code(RuntimeError("bug"), signal.SIGTERM) is None  # a bug keeps its traceback
 
 
 # ----------------------------------------------------------------------------- the sampler

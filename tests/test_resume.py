@@ -322,7 +322,8 @@ def test_resume_from_an_epoch_boundary_with_more_epochs_equals_uninterrupted(
         *ARGS, "--run_dir", str(run_dir), "--ckpt_path", "last", cwd=tmp_path, env=_env(mnist_dir)
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    diff = differences(run_dir, reference)
+    # The first part was a complete 1-epoch run: it also logged its own test metrics at step 6.
+    diff = differences(run_dir, reference, wandb_ignore=("test/acc", "test/loss"))
     print("single process, resumed after epoch 1", diff)
     assert diff == EXACT
 

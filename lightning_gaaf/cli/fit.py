@@ -15,6 +15,8 @@ tests; every LightningCLI override works (``--trainer.max_epochs 3``, ``--model.
 * **defaults** -- a ``WandbLogger`` (project ``lightning-gaaf``, offline unless ``WANDB_MODE`` is set),
   a ``ModelCheckpoint`` on ``val/acc``, a ``MetricsHistory`` (``stats/metrics.json``), and the
   number of classes linked from the data into the model.
+* **resume** -- ``--ckpt_path last|best|PATH`` continues a run in its run directory and W&B run;
+  SIGTERM / Ctrl-C stop after the current batch with exit status 143 / 130 (docs/resume.md).
 * **user errors** (bad key or value, missing dataset, unavailable accelerator) print one line
   ``gaaf-fit: error: ...`` and exit with status 2.
 """
@@ -435,7 +437,7 @@ def main(args: Sequence[str] | None = None) -> None:
         code = run_control.exit_code(exc, signals.received)
         if code is None:
             raise
-        sys.stderr.write(f"{PROG}: {run_control.interruption_message(code, trainer)}\n")
+        run_control.report_interruption(PROG, code, trainer)
         run_control.mark_wandb_interrupted(trainer, signals.received)
         _finish_wandb(trainer, exit_code=code)
         raise SystemExit(code) from None

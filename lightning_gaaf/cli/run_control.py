@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import signal
+import sys
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -33,7 +34,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "StopSignals",
     "exit_code",
-    "interruption_message",
+    "report_interruption",
     "mark_wandb_interrupted",
     "resolve_checkpoint",
     "run_dir_of_checkpoint",
@@ -193,17 +194,21 @@ class StopSignals:
         lightning(signal.SIGTERM, frame)
 
 
-def interruption_message(code: int, trainer: Trainer | None) -> str:
-    """``interrupted by SIGTERM (exit 143) ...`` with how to continue when the run got a ``last.ckpt``."""
+def report_interruption(prog: str, code: int, trainer: Trainer | None) -> None:
+    """Print ``<prog>: interrupted by SIGTERM (exit 143); continue with ...`` on stderr (rank 0 only).
+
+    The hint to continue appears when the run has a ``last.ckpt``.
+    """
+    if trainer is not None and not trainer.is_global_zero:
+        return
     name = signal.Signals(code - 128).name if 128 < code < 128 + signal.NSIG else f"signal {code - 128}"
-    message = f"interrupted by {name} (exit {code})"
+    message = f"{prog}: interrupted by {name} (exit {code})"
     if trainer is not None:
-        last = Path(trainer.default_root_dir) / CHECKPOINTS / _LAST_FILE
-        if last.is_file():
-            message += (
-                f"; continue with --ckpt_path last --run_dir {Path(trainer.default_root_dir).absolute()}"
-            )
-    return message
+        run_dir = Path(trainer.default_root_dir).absolute()
+        if (run_dir / CHECKPOINTS / _LAST_FILE).is_file():
+            message += f"; continue with --ckpt_path last --run_dir {run_dir}"
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
 
 
 def exit_code(exception: BaseException, received: int | None) -> int | None:

@@ -32,6 +32,7 @@ from lightning_gaaf.datamodules import (
     MNISTDataModule,
     SVHNDataModule,
 )
+from lightning_gaaf.datamodules.sampler import EpochSampler
 from lightning_gaaf.datamodules.synthetic import write_cifar10, write_mnist, write_svhn, write_synthetic
 from lightning_gaaf.datamodules.transforms import normalize, random_crop_flip
 
@@ -195,21 +196,24 @@ def test_worker_processes_serve_the_same_batches(synthetic_root: Path):
     assert torch.equal(torch.cat([y for _, y in batches]), dm.test_dataset.labels)
 
 
-def test_lightning_swaps_in_a_distributed_sampler(synthetic_root: Path):
+def test_training_sampler_is_sharded_over_the_trainers_ranks_and_kept_by_lightning(synthetic_root: Path):
     dm = _dm("mnist", synthetic_root, batch_size=16)
     dm.setup("fit")
     trainer = pl.Trainer(accelerator="cpu", strategy="ddp", devices=2, logger=False)  # not launched
-    loader = trainer._data_connector._prepare_dataloader(
-        dm.train_dataloader(), shuffle=True, mode=RunningStage.TRAINING
-    )
-    assert isinstance(loader.sampler, DistributedSampler) and loader.sampler.num_replicas == 2
+    dm.trainer = trainer
+    original = dm.train_dataloader()
+    loader = trainer._data_connector._prepare_dataloader(original, shuffle=True, mode=RunningStage.TRAINING)
+    # The training sampler is already a DistributedSampler over the trainer's 2 ranks: Lightning keeps it.
+    assert loader is original
+    assert isinstance(loader.sampler, EpochSampler) and isinstance(loader.sampler, DistributedSampler)
+    assert (loader.sampler.num_replicas, loader.sampler.rank) == (2, 0)
     assert loader.sampler.shuffle and loader.batch_size == 16
     x, y = next(iter(loader))
     assert x.shape == (16, 1, 28, 28) and x.dtype == torch.uint8
     # Both ranks together see every training image exactly once per epoch.
     seen = []
     for rank in (0, 1):
-        sampler = DistributedSampler(dm.train_dataset, num_replicas=2, rank=rank, shuffle=True, seed=3)
+        sampler = EpochSampler(dm.train_dataset, num_replicas=2, rank=rank, seed=dm.train_order_seed)
         rank_loader = _update_dataloader(dm.train_dataloader(), sampler)
         seen += [img for x, _ in rank_loader for img in x]
     assert len(seen) == len(dm.train_dataset)

@@ -21,6 +21,8 @@ LightningCLI override works (``--trainer.max_epochs 3``, ``--model.optimizer.lr 
 * **defaults** -- a ``WandbLogger`` (project ``lightning-gaaf``, offline unless ``WANDB_MODE`` is set),
   a ``ModelCheckpoint`` on ``val/acc``, a ``MetricsHistory`` (``stats/metrics.json``), and the
   number of classes linked from the data into the model.
+* **resume** -- ``--ckpt_path last|best|PATH`` continues a run in its run directory and W&B run;
+  SIGTERM / Ctrl-C stop after the current batch with exit status 143 / 130 (docs/resume.md).
 * **user errors** (bad key or value, missing dataset, unavailable accelerator) print one line
   ``gaaf-fit: error: ...`` and exit with status 2; any other error inside training keeps its traceback.
 * **a failed start leaves nothing** -- a run that fails before its first training step removes its
@@ -49,7 +51,9 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from lightning_gaaf.callback import GAAFCallback
 from lightning_gaaf.callbacks.history import MetricsHistory
+from lightning_gaaf.cli import run_control
 from lightning_gaaf.cli.bundled import format_config_list
+from lightning_gaaf.cli.checkpoints import LastCheckpoint, RandomState
 from lightning_gaaf.cli.composition import UsageError, condense, config_name, expand_config_args
 from lightning_gaaf.cli.run_dir import RUNS_DIR, RunDirectory, next_run_dir
 from lightning_gaaf.datamodules import DatasetCorruptedError, DatasetNotFoundError
@@ -112,6 +116,7 @@ class SaveRunConfig(SaveConfigCallback):
             config = self.config.clone()
             config["run_dir"] = None
             config["trainer.default_root_dir"] = None
+            config["ckpt_path"] = None
             for entry in _logger_entries(config):
                 init = entry.get("init_args")
                 if _is_wandb(entry) and init is not None and init.get("save_dir") == str(run_dir):
@@ -134,6 +139,7 @@ def default_checkpoint(run_dir: Path, model: Any) -> ModelCheckpoint:
     """Checkpoints in ``run_dir/checkpoints``: the best on ``val/acc`` for :class:`ImageClassifier`.
 
     Any other LightningModule may log no ``val/acc``; its checkpoint is the latest epoch.
+    ``last.ckpt`` is written by :class:`~lightning_gaaf.cli.checkpoints.LastCheckpoint` (every epoch).
     """
     if isinstance(model, ImageClassifier):
         return ModelCheckpoint(
@@ -143,9 +149,8 @@ def default_checkpoint(run_dir: Path, model: Any) -> ModelCheckpoint:
             monitor="val/acc",
             mode="max",
             save_top_k=1,
-            save_last=True,
         )
-    return ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_top_k=1, save_last=True)
+    return ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_top_k=1)
 
 
 def _default_wandb_offline() -> bool:
@@ -210,6 +215,12 @@ class GaafCLI(LightningCLI):
             help=f"Run directory (default: {RUNS_DIR}/<config name>/version_N, the next free N).",
         )
         parser.add_argument(
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="Continue a run: last (its last.ckpt), best, or a checkpoint path (see docs/resume.md).",
+        )
+        parser.add_argument(
             "--gaaf.enabled", type=bool, default=False, help="Apply GAAF surgery with the options below."
         )
         parser.add_class_arguments(GAAFCallback, "gaaf", instantiate=False, fail_untyped=False)
@@ -230,6 +241,19 @@ class GaafCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         trainer_cfg = self.config["trainer"]
+        if self.config.get("ckpt_path"):
+            # Continue in the checkpoint's run directory (DDP workers: the one rank 0 chose).
+            chosen = (
+                os.environ.get(RUN_DIR_ENV)
+                or self.config.get("run_dir")
+                or trainer_cfg.get("default_root_dir")
+            )
+            ckpt, run_dir = run_control.resolve_checkpoint(
+                self.config["ckpt_path"], Path(chosen) if chosen else None, Path(RUNS_DIR) / self.name
+            )
+            self.config["ckpt_path"] = str(ckpt)
+            if run_dir is not None and not chosen:
+                self.config["run_dir"] = str(run_dir)
         self.run_directory = self._resolve_run_dir(trainer_cfg.get("default_root_dir"))
         trainer_cfg["default_root_dir"] = str(self.run_dir)
         self.config["run_dir"] = str(self.run_dir)
@@ -240,6 +264,8 @@ class GaafCLI(LightningCLI):
                     init["save_dir"] = str(self.run_dir)
                 if init.get("name") is None:
                     init["name"] = self.name
+                if self.config.get("ckpt_path") and init.get("id") is None:
+                    init["id"] = run_control.wandb_run_id(self.run_dir)  # same W&B run (WandbLogger resumes)
                 entry["init_args"] = init
         self._link_num_classes()
 
@@ -299,6 +325,9 @@ class GaafCLI(LightningCLI):
             isinstance(c, ModelCheckpoint) for c in callbacks
         ):
             callbacks.append(default_checkpoint(Path(self.run_dir or "."), self.model))
+        if trainer_cfg.get("enable_checkpointing") is not False:
+            # last.ckpt every epoch and at a graceful stop, with the random generators' state.
+            callbacks += [LastCheckpoint(Path(self.run_dir or ".") / "checkpoints"), RandomState()]
         try:
             return super().instantiate_trainer(callbacks=callbacks, **kwargs)
         except (MisconfigurationException, ValueError, TypeError, ImportError) as exc:
@@ -362,6 +391,7 @@ def main(args: Sequence[str] | None = None) -> None:
     original ``sys.argv``, so multi-process runs must be started as a program, not via ``main(args)``.
     """
     owns_run_dir_env = RUN_DIR_ENV not in os.environ
+    signals = run_control.StopSignals()
     try:
         try:
             cli = GaafCLI(args=args)
@@ -371,8 +401,17 @@ def main(args: Sequence[str] | None = None) -> None:
         if cli.run_dir is not None:  # DDP worker processes inherit the environment at launch
             os.environ[RUN_DIR_ENV] = str(cli.run_dir)
         try:
-            trainer.fit(model, datamodule=data)
-            _test(trainer, model, data)
+            with signals:
+                trainer.fit(model, datamodule=data, ckpt_path=cli.config.get("ckpt_path"))
+                _test(trainer, model, data)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            code = run_control.exit_code(exc, signals.received)
+            if code is None:
+                raise
+            run_control.report_interruption(PROG, code, trainer)
+            run_control.mark_wandb_interrupted(trainer, signals.received)
+            _finish_wandb(trainer, exit_code=code)
+            raise SystemExit(code) from None
         except BaseException as exc:
             user_error = isinstance(exc, RUN_ERRORS)
             _finish_wandb(trainer, exit_code=2 if user_error else 1)

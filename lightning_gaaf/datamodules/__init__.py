@@ -16,6 +16,7 @@ from lightning_gaaf.datamodules.base import (
 )
 from lightning_gaaf.datamodules.cifar import CIFAR10DataModule, CIFAR100DataModule
 from lightning_gaaf.datamodules.mnist import FashionMNISTDataModule, MNISTDataModule
+from lightning_gaaf.datamodules.sampler import EpochSampler, ResumableDataLoader
 from lightning_gaaf.datamodules.svhn import SVHNDataModule
 
 #: DataModule class by short name (the names ``write_synthetic`` accepts).
@@ -37,10 +38,12 @@ __all__ = [
     "DATA_DIR_ENV",
     "DatasetCorruptedError",
     "DatasetNotFoundError",
+    "EpochSampler",
     "FashionMNISTDataModule",
     "InMemoryImageDataModule",
     "InMemoryImageDataset",
     "MNISTDataModule",
+    "ResumableDataLoader",
     "SVHNDataModule",
     "collate_batch",
     "resolve_root",

@@ -4,8 +4,11 @@ torchvision downloads and parses the files once; after that every split is ONE `
 ``(N, C, H, W)`` plus ``int64`` labels in host memory. A batch is gathered by index in one op
 (``__getitems__``), moved to the device as ``uint8``, and only there converted to float, normalised
 and (for training batches) augmented in :meth:`InMemoryImageDataModule.on_after_batch_transfer`.
-The dataloaders are plain ``DataLoader`` objects with a sampler, so Lightning can swap in a
-``DistributedSampler`` under DDP.
+The validation and test loaders are plain ``DataLoader`` objects, so Lightning can swap in a
+``DistributedSampler`` under DDP. The training loader draws its order from an
+:class:`~lightning_gaaf.datamodules.sampler.EpochSampler` (a function of the training-order seed and the
+epoch, sharded over the ranks) and can resume in the middle of an epoch; the seed is part of the
+DataModule's ``state_dict``, so a checkpoint restores the order exactly.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from lightning_gaaf.datamodules.sampler import EpochSampler, ResumableDataLoader
 from lightning_gaaf.datamodules.transforms import normalize, random_crop_flip
 
 DATA_DIR_ENV = "GAAF_DATA_DIR"
@@ -93,7 +97,8 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         root: dataset root in torchvision layout; ``None`` reads ``$GAAF_DATA_DIR``, else ``./data``.
         batch_size: images per batch for every split.
         val_size: images held out of the official training split for validation (0 disables it).
-        seed: seed of the train/val split only (training order and augmentation follow the global seed).
+        seed: seed of the train/val split only. The training order follows the global seed
+            (``seed_everything``; see :attr:`train_order_seed`), augmentation the global RNG.
         num_workers: DataLoader worker processes; 0 is usually fastest since a batch is one gather.
         download: download missing files with torchvision (never re-downloads existing files).
         augment: apply the dataset's training augmentation to training batches.
@@ -145,6 +150,7 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         #: indices into the official training split, sorted (set by ``setup``)
         self.train_indices: Tensor | None = None
         self.val_indices: Tensor | None = None
+        self._train_order_seed: int | None = None
 
     # ----------------------------------------------------------------- subclass hooks
     def _dataset_dir(self) -> Path:
@@ -265,8 +271,55 @@ class InMemoryImageDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    @property
+    def train_order_seed(self) -> int:
+        """Seed of the training order: epoch ``e`` is the permutation seeded with ``train_order_seed + e``.
+
+        Fixed at first use: the global seed of ``seed_everything`` (``PL_GLOBAL_SEED``); without one, a
+        number drawn from torch's global RNG in a single process, 0 under several processes (as
+        Lightning's own ``DistributedSampler``). Checkpoints carry it (:meth:`state_dict`).
+        """
+        if self._train_order_seed is None:
+            seed = os.environ.get("PL_GLOBAL_SEED")
+            if seed is not None:
+                self._train_order_seed = int(seed)
+            elif self._world()[0] > 1:
+                self._train_order_seed = 0
+            else:
+                self._train_order_seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        return self._train_order_seed
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, "train", shuffle=True)
+        """Shuffled batches in an order set by :attr:`train_order_seed` and the epoch, this rank's share.
+
+        The sampler is a ``DistributedSampler`` (over the trainer's ranks), which Lightning keeps and
+        advances with ``set_epoch``; the loader's position in the epoch is saved in checkpoints.
+        """
+        dataset = self.train_dataset
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup('fit') must run before train_dataloader()")
+        num_replicas, rank = self._world()
+        return ResumableDataLoader(
+            dataset,
+            sampler=EpochSampler(dataset, num_replicas=num_replicas, rank=rank, seed=self.train_order_seed),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=collate_batch,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"train_order_seed": ...}``: what a checkpoint needs to continue the training order."""
+        return {"train_order_seed": self.train_order_seed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Take the checkpoint's training-order seed (called by Lightning before the loaders exist)."""
+        if "train_order_seed" in state_dict:
+            self._train_order_seed = int(state_dict["train_order_seed"])
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         if self.val_size == 0:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info
+from typing_extensions import override
 
 from lightning_gaaf.activations import DEFAULT_K, GAAF
 from lightning_gaaf.surgery import GAAFReport, Policy, apply_gaaf, resolve_targets
@@ -60,6 +61,7 @@ class GAAFCallback(pl.Callback):
         resolve_targets(self.options["targets"])
         self.report: GAAFReport | None = None
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.report is not None or any(isinstance(m, GAAF) for m in pl_module.modules()):
             return  # already applied (setup runs once per stage: fit, then test)
@@ -75,5 +77,6 @@ class GAAFCallback(pl.Callback):
         for logger in trainer.loggers:
             logger.log_hyperparams(hparams)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"options": self.options, "modules": sorted(self.report) if self.report else []}

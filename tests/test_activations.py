@@ -384,3 +384,13 @@ def test_gaaf_changes_training_direction_only_slightly_in_forward():
     (g_gaaf,) = torch.autograd.grad(out_gaaf.sum(), lin.weight)
     assert g_gaaf.abs().mean() > 1.2 * g_plain.abs().mean()
     assert F.cosine_similarity(g_plain.flatten(), g_gaaf.flatten(), dim=0) < 0.999
+
+
+def test_docs_table_is_the_catalogue():
+    """docs/activations.md shows the catalogue; regenerate it with catalog.markdown_table()."""
+    from pathlib import Path
+
+    from lightning_gaaf.activations.catalog import markdown_table
+
+    docs = (Path(__file__).parents[1] / "docs" / "activations.md").read_text()
+    assert markdown_table() in docs, "docs/activations.md: paste catalog.markdown_table() between its markers"

@@ -587,3 +587,29 @@ def unregister_activation(target: type | Callable | str) -> None:
         return
     _REGISTERED_CLASSES[:] = [r for r in _REGISTERED_CLASSES if r[0] is not target]
     _REGISTERED_FUNCTIONS[:] = [r for r in _REGISTERED_FUNCTIONS if r[0] is not target]
+
+
+def markdown_table() -> str:
+    """The catalogue as the Markdown table of ``docs/activations.md`` (kept in sync by a test)."""
+
+    def show(ref: Any) -> str:
+        if isinstance(ref, str):
+            module, _, attr = ref.partition(":")
+            return f"`{module.partition('.')[0]}:{attr}`" if attr else f"`x.{ref}()`"
+        module = getattr(ref, "__module__", None) or ""
+        prefixes = {"torch.nn.functional": "F.", "torch._C._nn": "F.", "torch": "torch."}
+        prefix = "nn." if module.startswith("torch.nn.modules") else prefixes.get(module, "")
+        if module.startswith("lightning_gaaf"):
+            prefix = "lightning_gaaf.activations.catalog."
+        return f"`{prefix}{ref.__name__}`"
+
+    lines = [
+        "| name | classes | functional forms | default shape | native kernel |",
+        "|---|---|---|---|---|",
+    ]
+    for spec in _BUILTIN:
+        classes = ", ".join(show(c) for c in spec.classes)
+        functions = ", ".join(show(f) for f in spec.functions)
+        kernel = "—" if spec.kernel is None else f"row {spec.kernel}"
+        lines.append(f"| `{spec.name}` | {classes} | {functions} | `{spec.default_shape}` | {kernel} |")
+    return "\n".join(lines)

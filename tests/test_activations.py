@@ -394,3 +394,16 @@ def test_docs_table_is_the_catalogue():
 
     docs = (Path(__file__).parents[1] / "docs" / "activations.md").read_text()
     assert markdown_table() in docs, "docs/activations.md: paste catalog.markdown_table() between its markers"
+
+
+def test_old_names_still_work_and_warn():
+    from lightning_gaaf import activations, models
+
+    with pytest.warns(DeprecationWarning, match="SUPPORTED_ACTIVATIONS is deprecated"):
+        classes = activations.SUPPORTED_ACTIVATIONS
+    assert nn.Tanh in classes and nn.GELU in classes and nn.ReLU6 in classes
+    with pytest.warns(DeprecationWarning, match="ACTIVATIONS is deprecated"):
+        table = models.ACTIVATIONS
+    assert set(table) == set(CATALOG) and type(table["relu6"]()) is nn.ReLU6
+    with pytest.warns(DeprecationWarning, match="set_compile is deprecated"):
+        activations.set_compile(None)

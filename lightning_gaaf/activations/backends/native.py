@@ -44,6 +44,7 @@ __all__ = [
     "loaded_openmp_runtimes",
     "native_enabled",
     "set_native",
+    "table_size",
 ]
 
 _ABI_VERSION = 2
@@ -240,6 +241,14 @@ def load_library() -> ctypes.CDLL | None:
             lib.gaaf_forward.argtypes = [int_, int_, _P, _P, _P, i64, int_]
             lib.gaaf_backward.argtypes = [int_, int_, _P, _P, _P, _P, i64, int_]
             lib.gaaf_forward.restype = lib.gaaf_backward.restype = int_
+            runtimes = loaded_openmp_runtimes()
+            if len(runtimes) > 1:  # two OpenMP pools fight over the cores (or crash at exit)
+                warnings.warn(
+                    f"GAAF: {len(runtimes)} OpenMP runtimes are loaded ({', '.join(runtimes)}); "
+                    "set CC to the compiler torch was built with, or GAAF_BACKEND=compile",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             _LIBRARY = lib
         except Exception as err:  # no compiler, foreign platform...
             _LOAD_FAILED = True

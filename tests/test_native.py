@@ -20,7 +20,7 @@ from lightning_gaaf.activations.backends import native
 
 K = 10_000.0
 
-NATIVE_BASES = {
+KERNEL_BASES = {
     "tanh": lambda: nn.Tanh(),
     "sigmoid": lambda: nn.Sigmoid(),
     "relu": lambda: nn.ReLU(),
@@ -30,7 +30,7 @@ NATIVE_BASES = {
     "hardtanh": lambda: nn.Hardtanh(-2.0, 1.5),
     "relu6": lambda: nn.ReLU6(),
 }
-NATIVE_SHAPES = {
+KERNEL_SHAPES = {
     "gauss": lambda: Gauss(c=2.0),
     "shifted_sigmoid": lambda: ShiftedSigmoid(a=2.0, b=0.5),
     "one": lambda: One(),
@@ -64,14 +64,14 @@ def test_catalogue_kernel_ids_fill_the_library_table(use_native):
     """Every C row is some catalogue entry's kernel, every column some shape's: no stale ids."""
     rows, columns = native.table_size()
     with_kernel = {name for name, spec in CATALOG.items() if spec.kernel is not None}
-    assert with_kernel == set(NATIVE_BASES)
+    assert with_kernel == set(KERNEL_BASES)
     assert {CATALOG[name].kernel for name in with_kernel} == set(range(rows))
     assert {cls.kernel for cls in SHAPES.values() if cls.kernel is not None} == set(range(columns))
-    assert set(NATIVE_SHAPES) == {name for name, cls in SHAPES.items() if cls.kernel is not None}
+    assert set(KERNEL_SHAPES) == {name for name, cls in SHAPES.items() if cls.kernel is not None}
 
 
-@pytest.mark.parametrize("shape_name", list(NATIVE_SHAPES))
-@pytest.mark.parametrize("base_name", list(NATIVE_BASES))
+@pytest.mark.parametrize("shape_name", list(KERNEL_SHAPES))
+@pytest.mark.parametrize("base_name", list(KERNEL_BASES))
 def test_native_matches_eager(use_native, base_name, shape_name, monkeypatch):
     """Values and gradients as the eager torch math, NaN/inf/huge inputs and odd lengths included."""
     calls = []
@@ -79,7 +79,7 @@ def test_native_matches_eager(use_native, base_name, shape_name, monkeypatch):
     monkeypatch.setattr(native.NativeKernels, "forward", lambda self, x: calls.append(1) or original(self, x))
     x = torch.cat([torch.randn(3001) * 4, torch.tensor(SPECIALS)])  # not a multiple of the vector width
     weights = torch.linspace(0.5, 1.5, x.numel())
-    module = GAAF(NATIVE_BASES[base_name](), shape=NATIVE_SHAPES[shape_name]())
+    module = GAAF(KERNEL_BASES[base_name](), shape=KERNEL_SHAPES[shape_name]())
     y, grad = _values_and_grad(module, x, weights)
     assert calls, "the native kernel was not used"
     y_ref, grad_ref = _eager(module, x, weights)
@@ -90,8 +90,8 @@ def test_native_matches_eager(use_native, base_name, shape_name, monkeypatch):
     assert torch.isnan(y[nan_at]).all() and torch.isnan(y_ref[nan_at]).all()
 
 
-@pytest.mark.parametrize("shape_name", list(NATIVE_SHAPES))
-@pytest.mark.parametrize("base_name", list(NATIVE_BASES))
+@pytest.mark.parametrize("shape_name", list(KERNEL_SHAPES))
+@pytest.mark.parametrize("base_name", list(KERNEL_BASES))
 def test_native_gradcheck_inside_teeth(use_native, base_name, shape_name):
     """gradcheck of the native Function itself (float32, so a coarse K = 10 and eps = 1e-3).
 
@@ -103,7 +103,7 @@ def test_native_gradcheck_inside_teeth(use_native, base_name, shape_name):
     k = 10.0
     offsets = torch.tensor([-0.35, -0.1, 0.2, 0.35]).repeat(20)
     x = ((torch.arange(-40, 40) + 0.5 + offsets) / k).float().requires_grad_(True)
-    module = GAAF(NATIVE_BASES[base_name](), shape=NATIVE_SHAPES[shape_name](), K=k)
+    module = GAAF(KERNEL_BASES[base_name](), shape=KERNEL_SHAPES[shape_name](), K=k)
     assert module(x).dtype == torch.float32
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "not a double precision" input
@@ -124,7 +124,7 @@ def test_native_tanh_is_within_three_ulp(use_native):
 @pytest.mark.parametrize("base_name", ["tanh", "relu"])
 def test_native_forward_bound(use_native, base_name):
     """|phi_new - phi| <= 0.5/K * |s| plus phi's own float32 rounding (at most 3 ulp, see above)."""
-    base = NATIVE_BASES[base_name]()
+    base = KERNEL_BASES[base_name]()
     module = GAAF(base)
     x = torch.cat([torch.randn(50_000) * 5, torch.arange(-2000, 2000) / K, torch.tensor([1e6, -1e6])])
     phi = base(x.double())

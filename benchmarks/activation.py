@@ -7,10 +7,12 @@ reported as the median over rounds of the per-round time ratio:
   256x4096 float32 tensor (goal: <= 1.5x);
 * ``(b)`` the fused path vs the naive formula (autograd of ``phi(x) + g(x)*s(x)`` in plain torch ops);
 * ``(c)`` one training step (forward, cross-entropy, backward, SGD step) of the paper's MNIST MLP
-  (784-512-256-256-10, tanh, batch 128) with GAAF (``apply_gaaf``) vs without (goal: <= 1.10x).
+  (784-512-256-256-10, tanh, batch 128) with GAAF (``apply_gaaf``) vs without (goal: <= 1.05x);
+* ``(d)`` the same step with ``torch.compile(model)``: compiled GAAF MLP vs compiled plain MLP (goal:
+  <= 1.05x). GAAF is one custom op per pass inside the compiled graph, running the native kernels.
 
-Each GAAF variant runs with the native C kernels (``lightning_gaaf.native``), with
-``torch.compile``'s kernels (native off) and with the eager torch ops (``set_compile(False)``);
+Each GAAF variant runs on one backend (``lightning_gaaf.activations.use_backend``): ``native`` (the
+C kernels), ``compile`` (``torch.compile``'s kernels) and ``eager`` (plain torch ops);
 building and compiling happen in the warm-up, before timing. ``gaaf_native_s1`` is the native kernel
 with the shape ``one`` (no exp, no division): the price of the shape. torch keeps its default number
 of threads. (a) is timed in a group of its own (plain, native, compiled, shape one): with the naive
@@ -52,11 +54,22 @@ from _checkout import check_checkout
 from torch import nn
 
 from lightning_gaaf import GAAF, apply_gaaf
-from lightning_gaaf.activations import DEFAULT_K, default_shape_for, set_compile
+from lightning_gaaf.activations import DEFAULT_K, default_shape_for, use_backend
+from lightning_gaaf.activations.backends.native import cpuinfo_field
 from lightning_gaaf.models.mlp import MLP
-from lightning_gaaf.native import cpuinfo_field, set_native
 
 SHAPE = (256, 4096)
+DEVICE = torch.device("cpu")  # --device cuda: the GPU check (no native kernels there)
+
+
+def _kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
+    """The kernel kinds that exist on DEVICE: the native C kernels are float32 CPU only."""
+    return kinds if DEVICE.type == "cpu" else tuple(k for k in kinds if k != "native")
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def _cpu_name() -> str:
@@ -65,19 +78,15 @@ def _cpu_name() -> str:
 
 KERNELS = ("native", "compiled", "eager")
 FUSED_KERNELS = ("native", "compiled")  # one kernel per pass for all the elementwise math
+BACKEND = {"native": "native", "compiled": "compile", "eager": "eager"}
 
 
 def _with_kernels(kind: str, fn: Callable[[], object]) -> Callable[[], object]:
     """Run ``fn`` with GAAF's native C kernels, torch.compile's kernels, or the eager torch ops."""
 
     def run() -> object:
-        set_compile(kind != "eager")
-        set_native(kind == "native")
-        try:
+        with use_backend(BACKEND[kind]):
             return fn()
-        finally:
-            set_compile(None)
-            set_native(None)
 
     return run
 
@@ -95,6 +104,7 @@ def _interleaved(
         for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
             variants[name]()
+            _sync()
             times[name].append(time.perf_counter() - start)
     return times
 
@@ -132,8 +142,8 @@ def _timed_group(title: str, group: dict[str, Callable[[], object]], rounds: int
 
 def bench_activations(rounds: int) -> list[Row]:
     torch.manual_seed(0)
-    x0 = torch.randn(SHAPE)
-    grad = torch.randn(SHAPE)
+    x0 = torch.randn(SHAPE, device=DEVICE)
+    grad = torch.randn(SHAPE, device=DEVICE)
 
     def fwd_bwd(module: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
         def run() -> None:
@@ -146,24 +156,26 @@ def bench_activations(rounds: int) -> list[Row]:
     for name, plain in (("tanh", nn.Tanh()), ("relu", nn.ReLU())):
         gaaf = GAAF(plain)
         shape = default_shape_for(plain)
-        fused = {f"gaaf_{kind}": _with_kernels(kind, fwd_bwd(gaaf)) for kind in FUSED_KERNELS}
+        fused = {f"gaaf_{kind}": _with_kernels(kind, fwd_bwd(gaaf)) for kind in _kinds(FUSED_KERNELS)}
         # (a) in a group of its own: the naive formula and the eager path allocate many tensors
         # per call, and with them in the rotation every 256x4096 pass runs on evicted caches and
         # fresh pages, which slows the plain activation more than GAAF's (relu on Zen 5, 256-bit
         # kernels: 2.5x in its own group, 1.55x beside the naive formula). The price of the shape: the same
         # native kernel with s = 1 (no exp, no division).
         group_a = {"plain": fwd_bwd(plain), **fused}
-        group_a["gaaf_native_s1"] = _with_kernels("native", fwd_bwd(GAAF(plain, shape="one")))
+        if DEVICE.type == "cpu":
+            group_a["gaaf_native_s1"] = _with_kernels("native", fwd_bwd(GAAF(plain, shape="one")))
         # (b) and eager: the fused paths beside the naive formula and the eager torch ops.
         group_b = {"plain": fwd_bwd(plain), **fused, "gaaf_eager": _with_kernels("eager", fwd_bwd(gaaf))}
         group_b["naive"] = fwd_bwd(lambda x, plain=plain, shape=shape: _naive(x, plain, shape))
         times_a = _timed_group(f"(a) {name}", group_a, rounds)
         times_b = _timed_group(f"(b) {name}", group_b, rounds)
-        for kind in FUSED_KERNELS:
+        for kind in _kinds(FUSED_KERNELS):
             rows.append((f"(a) {name}: GAAF ({kind}) / plain", times_a, f"gaaf_{kind}", "plain"))
-        rows.append((f"(a) {name}: GAAF (native, shape one) / plain", times_a, "gaaf_native_s1", "plain"))
+        if DEVICE.type == "cpu":
+            rows.append((f"(a) {name}: GAAF (native, shape one) / plain", times_a, "gaaf_native_s1", "plain"))
         rows.append((f"(b) {name}: GAAF (eager) / plain", times_b, "gaaf_eager", "plain"))
-        for kind in KERNELS:
+        for kind in _kinds(KERNELS):
             rows.append((f"(b) {name}: fused ({kind}) / naive formula", times_b, f"gaaf_{kind}", "naive"))
     return rows
 
@@ -174,8 +186,9 @@ def bench_mlp(rounds: int) -> list[Row]:
     gaaf = MLP(activation="tanh")
     gaaf.load_state_dict(plain.state_dict())
     apply_gaaf(gaaf)
-    x = torch.randn(128, 1, 28, 28)
-    y = torch.randint(0, 10, (128,))
+    plain.to(DEVICE), gaaf.to(DEVICE)
+    x = torch.randn(128, 1, 28, 28, device=DEVICE)
+    y = torch.randint(0, 10, (128,), device=DEVICE)
 
     def step(model: nn.Module) -> Callable[[], None]:
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -188,7 +201,7 @@ def bench_mlp(rounds: int) -> list[Row]:
         return run
 
     variants = {"plain": step(plain)}
-    variants |= {f"gaaf_{kind}": _with_kernels(kind, step(gaaf)) for kind in KERNELS}
+    variants |= {f"gaaf_{kind}": _with_kernels(kind, step(gaaf)) for kind in _kinds(KERNELS)}
     times = _interleaved(variants, rounds, warmup=10)
     print(f"\n(c) MNIST MLP 784-512-256-256-10 tanh, batch 128, SGD step, median of {rounds} rounds")
     for v in variants:
@@ -200,12 +213,51 @@ def bench_mlp(rounds: int) -> list[Row]:
     ]
 
 
+def _auto(fn: Callable[[], object]) -> object:
+    with use_backend("auto"):
+        return fn()
+
+
+def bench_compiled_mlp(rounds: int) -> list[Row]:
+    """(d) ``torch.compile(model)`` of the paper MLP, with and without GAAF (backend ``auto``)."""
+    torch.manual_seed(0)
+    plain = MLP(activation="tanh")
+    gaaf = MLP(activation="tanh")
+    gaaf.load_state_dict(plain.state_dict())
+    apply_gaaf(gaaf)
+    plain.to(DEVICE), gaaf.to(DEVICE)
+    x = torch.randn(128, 1, 28, 28, device=DEVICE)
+    y = torch.randint(0, 10, (128,), device=DEVICE)
+
+    def step(model: nn.Module) -> Callable[[], None]:
+        compiled = torch.compile(model)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+        def run() -> None:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(compiled(x), y).backward()
+            opt.step()
+
+        return run
+
+    gaaf_step = step(gaaf)
+    variants = {"plain_compiled": step(plain), "gaaf_compiled": lambda: _auto(gaaf_step)}
+    times = _interleaved(variants, rounds, warmup=10)
+    print(f"\n(d) the same step under torch.compile(model), median of {rounds} rounds")
+    for v in variants:
+        print(f"  {v:14s} {_ms(times, v)}")
+    return [("(d) compiled MLP step: GAAF / plain", times, "gaaf_compiled", "plain_compiled")]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=60, help="interleaved rounds for (a) and (b)")
     parser.add_argument("--mlp-rounds", type=int, default=150, help="interleaved rounds for (c)")
     parser.add_argument("--quick", action="store_true", help="few rounds (a smoke run, noisy numbers)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (benchmarks/gpu_check.sh)")
     args = parser.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     check_checkout()
     if args.quick:
         args.rounds, args.mlp_rounds = 5, 5
@@ -214,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {_cpu_name()}")
     print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, load average {load:.2f}")
     start = time.perf_counter()
-    rows = bench_activations(args.rounds) + bench_mlp(args.mlp_rounds)
+    rows = bench_activations(args.rounds) + bench_mlp(args.mlp_rounds) + bench_compiled_mlp(args.mlp_rounds)
     print(f"\n  {'ratio (time / time)':48s} {'median':>7s} {'best':>7s}")
     for label, times, num, den in rows:
         print(f"  {label:48s} {_ratio(times, num, den):7.2f} {_best_ratio(times, num, den):7.2f}")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info
+from typing_extensions import override
 
 from lightning_gaaf.activations import DEFAULT_K, GAAF
-from lightning_gaaf.surgery import GAAFReport, apply_gaaf, target_classes
+from lightning_gaaf.surgery import GAAFReport, Policy, apply_gaaf, resolve_targets
 
 __all__ = ["GAAFCallback"]
 
@@ -21,7 +22,8 @@ class GAAFCallback(pl.Callback):
     FSDP), so the optimizer sees the final modules and every rank gets the same surgery. GAAF adds no
     parameters and keeps ``state_dict`` keys, so checkpoints resume into the same model.
 
-    The options are those of :func:`~lightning_gaaf.apply_gaaf`. In a LightningCLI config::
+    The options are those of :func:`~lightning_gaaf.apply_gaaf` (``policy`` from Python only). In a
+    LightningCLI config::
 
         trainer:
           callbacks:
@@ -41,6 +43,7 @@ class GAAFCallback(pl.Callback):
         shape: str | None = None,
         shape_kwargs: dict[str, float] | None = None,
         functional: bool = False,
+        policy: Policy | None = None,
     ) -> None:
         super().__init__()
         self.options: dict[str, Any] = dict(
@@ -52,19 +55,22 @@ class GAAFCallback(pl.Callback):
             shape_kwargs=dict(shape_kwargs) if shape_kwargs else None,
             functional=functional,
         )
+        self.policy: Callable | None = policy
         # Validate now, so that a bad YAML fails before any data is loaded.
         GAAF("tanh", shape=shape, K=K, **(shape_kwargs or {}))
-        target_classes(self.options["targets"])
+        resolve_targets(self.options["targets"])
         self.report: GAAFReport | None = None
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.report is not None or any(isinstance(m, GAAF) for m in pl_module.modules()):
             return  # already applied (setup runs once per stage: fit, then test)
-        self.report = apply_gaaf(pl_module, **self.options)
+        self.report = apply_gaaf(pl_module, **self.options, policy=self.policy)
         rank_zero_info(f"GAAF: {self.report.summary()}")
         hparams = {
             "gaaf/replaced": self.report.count,
             "gaaf/modules": sorted(self.report),
+            "gaaf/skipped": sorted(self.report.skipped),
             "gaaf/K": self.options["K"],
             # not gaaf/shape: the config's own gaaf.shape (often null) is logged under that key
             "gaaf/shapes": sorted({repr(r.new.shape) for r in self.report.values()}),
@@ -72,5 +78,6 @@ class GAAFCallback(pl.Callback):
         for logger in trainer.loggers:
             logger.log_hyperparams(hparams)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"options": self.options, "modules": sorted(self.report) if self.report else []}

@@ -1,93 +1,148 @@
 """Model surgery: turn a plain model into its GAAF variant and back.
 
-In the spirit of Composer's module surgery: a policy decides which activation modules to replace,
-replacement happens in place on the parents, and the result is a report ``{name: (old, new)}``.
-Functional calls inside ``forward`` (``torch.tanh``, ``F.relu``, ``x.tanh()``...) are rewritten with
-``torch.fx`` when asked (``functional=True``). Surgery must run before a model is wrapped for
-distributed training (DDP/FSDP), so wrapped models are refused.
+In the spirit of Composer's module surgery: ``apply_gaaf`` finds the activations of any model with
+the activation catalogue (:mod:`lightning_gaaf.activations.catalog`), replaces them in place and
+returns a report ``{name: (old, new)}`` that says why each one matched and lists look-alikes that
+were left alone. Three kinds of activation are found:
+
+* activation modules (torch's, timm's, Hugging Face transformers', registered classes);
+* function-valued attributes such as ``nn.TransformerEncoderLayer``'s ``activation=F.relu``: the
+  attribute becomes a GAAF module and ``strip_gaaf`` puts the function back;
+* with ``functional=True``, functional calls inside ``forward`` (``torch.tanh``, ``F.relu``,
+  ``x.tanh()``...), rewritten with ``torch.fx``.
+
+A policy ``(qualified_name, module) -> options | None`` gives per-layer options (None: leave it).
+Surgery must run before a model is wrapped for distributed training (DDP/FSDP), so wrapped models
+are refused.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import inspect
+import re
+import types
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import torch
 import torch.fx
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_gaaf.activations import (
-    ACTIVATIONS,
-    DEFAULT_K,
-    GAAF,
-    SUPPORTED_ACTIVATIONS,
-    Shape,
-    _check_k,
-    make_shape,
+from lightning_gaaf.activations import DEFAULT_K, GAAF, Shape, make_shape
+from lightning_gaaf.activations.catalog import (
+    CATALOG,
+    Match,
+    activation_classes,
+    functional_words,
+    match_call,
+    match_function,
+    match_module,
 )
+from lightning_gaaf.activations.sawtooth import check_k
 
-__all__ = ["GAAFReport", "Replacement", "apply_gaaf", "strip_gaaf"]
+__all__ = ["GAAFReport", "Policy", "Replacement", "apply_gaaf", "strip_gaaf"]
+
+#: ``(qualified_name, module) -> options or None``: per-layer GAAF options (``K``, ``shape``,
+#: ``shape_kwargs``) merged over the call's; None leaves that activation alone.
+Policy = Callable[[str, nn.Module], "dict[str, Any] | None"]
+_POLICY_KEYS = ("K", "shape", "shape_kwargs")
+# Flags that make torch's transformer layers skip their ``activation`` in a fused fast path
+# (inference only); cleared while GAAF is applied so the main path goes through GAAF.
+_FAST_PATH_FLAGS = ("activation_relu_or_gelu",)
+_LOOKS_LIKE = re.compile(
+    r"activation|^act|act$|gelu|relu|elu$|silu|swish|mish|sigmoid|tanh|softplus|softsign|hardswish|shrink|glu$",
+    re.IGNORECASE,
+)
 
 
 class Replacement(NamedTuple):
-    """One replaced module: what was there and what is there now."""
+    """One replaced activation: what was there and what is there now."""
 
-    old: nn.Module
-    new: nn.Module
+    old: Any
+    new: Any
 
 
 class GAAFReport(dict):
-    """``{qualified name: Replacement(old, new)}`` plus which names share one module object.
+    """``{qualified name: Replacement(old, new)}`` plus why each matched and what was left alone.
 
-    ``shared`` maps a name to the other names under which the *same* module object is registered
-    (a module shared by several parents is wrapped once and stays shared). ``functional`` lists the
-    ``<module>.<node>`` names of rewritten functional calls (also keys of the report).
+    ``reasons`` maps each replaced name to why it matched (which catalogue entry, registered class,
+    function attribute or call). ``skipped`` maps names that look like activations but were not
+    replaced to the reason. ``shared`` maps a name to the other names of the *same* module object
+    (wrapped once, stays shared). ``attributes`` and ``functional`` list the function-valued
+    attributes and the rewritten functional calls (also keys of the report).
     """
 
     def __init__(self) -> None:
         super().__init__()
+        self.reasons: dict[str, str] = {}
+        self.skipped: dict[str, str] = {}
         self.shared: dict[str, tuple[str, ...]] = {}
+        self.attributes: list[str] = []
         self.functional: list[str] = []
 
     @property
     def count(self) -> int:
-        """Number of distinct module objects replaced (a shared module counts once)."""
+        """Number of distinct objects replaced (a shared module counts once)."""
         return len({id(r.new) for r in self.values()})
 
     def summary(self) -> str:
-        lines = [f"{self.count} module(s) replaced at {len(self)} place(s)"]
+        """Readable lines: what was replaced and why, then the look-alikes left alone."""
+        lines = [f"{self.count} activation(s) replaced at {len(self)} place(s)"]
         for name, (old, new) in self.items():
             extra = f"  (shared with {', '.join(self.shared[name])})" if name in self.shared else ""
-            lines.append(f"  {name or '<root>'}: {old!r} -> {new!r}{extra}")
+            why = f"  [{self.reasons[name]}]" if name in self.reasons else ""
+            lines.append(f"  {name or '<root>'}: {_show(old)} -> {new!r}{why}{extra}")
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} look-alike(s) not replaced")
+            lines.extend(f"  {name}: {why}" for name, why in self.skipped.items())
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.summary()
 
 
+def _show(obj: Any) -> str:
+    if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType)):
+        return f"function {obj.__module__}.{obj.__name__}"
+    return repr(obj)
+
+
 # --------------------------------------------------------------------------------------------------
-# Policy helpers
+# Which activations: targets, include/exclude, policy
 # --------------------------------------------------------------------------------------------------
 
 
-def target_classes(targets: Iterable[str | type[nn.Module]] | str | type | None) -> tuple[type, ...]:
-    """Activation classes named by ``targets`` (classes, class paths or names); None = all supported."""
+class _Targets(NamedTuple):
+    names: frozenset[str] | None  # catalogue names; None with no classes = every catalogue activation
+    classes: tuple[type, ...]  # any class, catalogue or not (the latter: generic path)
+
+    def accepts(self, match: Match | None, module: nn.Module | None) -> bool:
+        if self.names is None and not self.classes:
+            return match is not None
+        if match is not None and self.names is not None and match.base.name in self.names:
+            return True
+        return module is not None and isinstance(module, self.classes)
+
+
+def resolve_targets(targets: Iterable[str | type[nn.Module]] | str | type | None) -> _Targets:
+    """Catalogue names, classes, class names (``"Tanh"``) or class paths; one-line errors otherwise."""
     if targets is None:
-        return SUPPORTED_ACTIVATIONS
+        return _Targets(None, ())
     if isinstance(targets, (str, type)):
         targets = [targets]
+    names: set[str] = set()
     classes: list[type] = []
+    by_class_name = {c.__name__: c for c in activation_classes()}
     for t in targets:
         if isinstance(t, type) and issubclass(t, nn.Module):
             classes.append(t)
-        elif isinstance(t, str) and t in ACTIVATIONS:
-            classes.append(type(ACTIVATIONS[t]()))
-        elif isinstance(t, str) and t in {c.__name__ for c in SUPPORTED_ACTIVATIONS}:
-            classes.append(getattr(nn, t))
+        elif isinstance(t, str) and t in CATALOG:
+            names.add(t)
+        elif isinstance(t, str) and t in by_class_name:
+            classes.append(by_class_name[t])
         elif isinstance(t, str) and "." in t:
             module_name, _, cls_name = t.rpartition(".")
             try:
@@ -96,11 +151,11 @@ def target_classes(targets: Iterable[str | type[nn.Module]] | str | type | None)
                 raise ValueError(f"apply_gaaf: unknown target {t!r} (cannot import it)") from None
             classes.append(cls)
         else:
-            known = ", ".join(sorted(ACTIVATIONS))
+            known = ", ".join(CATALOG)
             raise ValueError(
                 f"apply_gaaf: unknown target {t!r}; use an nn.Module class, a class path, or one of: {known}"
             )
-    return tuple(classes)
+    return _Targets(frozenset(names), tuple(classes))
 
 
 def _as_patterns(patterns: str | Sequence[str] | None) -> list[str] | None:
@@ -115,6 +170,48 @@ def _selected(name: str, include: list[str] | None, exclude: list[str] | None) -
     return not (exclude and any(fnmatch.fnmatchcase(name, p) for p in exclude))
 
 
+def _looks_like_activation(module: nn.Module) -> bool:
+    if isinstance(module, GAAF) or next(module.children(), None) is not None:
+        return False
+    cls = type(module)
+    return cls.__module__ == "torch.nn.modules.activation" or bool(_LOOKS_LIKE.search(cls.__name__))
+
+
+class _Chooser:
+    """Decides, per candidate, whether and how to wrap it; records skipped look-alikes."""
+
+    def __init__(
+        self, targets: _Targets, include, exclude, policy, options: dict, report: GAAFReport
+    ) -> None:
+        self.targets, self.include, self.exclude = targets, include, exclude
+        self.policy, self.options, self.report = policy, options, report
+
+    def wrap(self, name: str, match: Match | None, module: nn.Module) -> GAAF | None:
+        """The GAAF module for candidate ``name`` (``module`` is what it computes), or None."""
+        if not self.targets.accepts(match, module):
+            if match is not None:
+                self.report.skipped[name] = f"{match.why}, but not in targets"
+            return None
+        if not _selected(name, self.include, self.exclude):
+            self.report.skipped[name] = "left out by include/exclude"
+            return None
+        options = dict(self.options)
+        if self.policy is not None:
+            chosen = self.policy(name, module)
+            if chosen is None:
+                self.report.skipped[name] = "the policy returned None"
+                return None
+            unknown = set(chosen) - set(_POLICY_KEYS)
+            if unknown:
+                raise ValueError(
+                    f"apply_gaaf: the policy returned unknown option(s) {sorted(unknown)} for {name!r}; "
+                    f"allowed: {', '.join(_POLICY_KEYS)}"
+                )
+            options.update(chosen)
+        shape_kwargs = dict(options.get("shape_kwargs") or {})
+        return GAAF(module, shape=options.get("shape"), K=options.get("K", DEFAULT_K), **shape_kwargs)
+
+
 def _refuse_wrapped(model: nn.Module, verb: str) -> None:
     wrapped = isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel))
     names = {c.__name__ for c in type(model).__mro__}
@@ -125,17 +222,24 @@ def _refuse_wrapped(model: nn.Module, verb: str) -> None:
         )
 
 
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+def _parent(root: nn.Module, name: str) -> tuple[nn.Module, str]:
     parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)  # also right for Sequential/ModuleList/ModuleDict ("0", "key")
+    return (root.get_submodule(parent_name) if parent_name else root), child
 
 
-def _names_by_object(model: nn.Module) -> dict[int, list[str]]:
-    names: dict[int, list[str]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        names.setdefault(id(module), []).append(name)
-    return names
+def _clear_fast_path(owner: nn.Module) -> None:
+    saved = owner.__dict__.setdefault("_gaaf_saved_flags", {})
+    for flag in _FAST_PATH_FLAGS:
+        if flag in owner.__dict__ and flag not in saved:
+            saved[flag] = owner.__dict__[flag]
+            owner.__dict__[flag] = 0
+    if not saved:
+        del owner.__dict__["_gaaf_saved_flags"]
+
+
+def _inside_gaaf(model: nn.Module, name: str) -> bool:
+    parts = name.split(".")
+    return any(isinstance(model.get_submodule(".".join(parts[:i])), GAAF) for i in range(1, len(parts)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -152,140 +256,159 @@ def apply_gaaf(
     shape: str | Shape | Callable[[Tensor], Tensor] | None = None,
     shape_kwargs: dict[str, float] | None = None,
     functional: bool = False,
+    policy: Policy | None = None,
 ) -> GAAFReport:
-    """Replace activation modules of ``model`` in place by :class:`~lightning_gaaf.GAAF` wrappers.
+    """Replace the activations of ``model`` in place by :class:`~lightning_gaaf.GAAF` modules.
 
     Args:
         model: any ``nn.Module`` (a LightningModule too), not yet wrapped by DDP/FSDP.
-        targets: activation classes, class paths or names (``"tanh"``, ``"relu"``...) to replace;
-            default every supported activation class.
-        include: glob pattern(s) on qualified module names that must match (default: all).
-        exclude: glob pattern(s) on qualified module names to leave alone.
+        targets: catalogue names (``"tanh"``, ``"gelu"``...), classes, class names or class paths
+            to replace; default every activation of the catalogue. A class outside the catalogue
+            is wrapped too (generic path: its own autograd plus the GAAF term).
+        include: glob pattern(s) on qualified names that must match (default: all).
+        exclude: glob pattern(s) on qualified names to leave alone.
         K, shape, shape_kwargs: GAAF options (see :class:`~lightning_gaaf.GAAF`).
         functional: also rewrite functional activation calls inside ``forward`` with ``torch.fx``.
+        policy: ``(qualified_name, module) -> dict | None`` called for every candidate that passed
+            targets/include/exclude (``module`` is the plain activation module, also for function
+            attributes and calls); a dict of ``K`` / ``shape`` / ``shape_kwargs`` overrides the
+            options for that layer, None leaves it alone.
 
     Returns:
-        A :class:`GAAFReport` ``{qualified name: (old, new)}``. Device and dtype are kept (GAAF has
-        no parameters). A second call changes nothing and warns.
+        A :class:`GAAFReport`: ``{qualified name: (old, new)}``, why each matched, look-alikes
+        not replaced. Device and dtype are kept (GAAF has no parameters). A second call changes
+        nothing and warns.
     """
     _refuse_wrapped(model, "apply_gaaf")
-    _check_k(K)
-    classes = target_classes(targets)
-    inc, exc = _as_patterns(include), _as_patterns(exclude)
+    check_k(K)
+    chosen_targets = resolve_targets(targets)
     shape_kwargs = dict(shape_kwargs or {})
     if shape is not None:
         make_shape(shape, **shape_kwargs)  # fail early on an unknown shape name / bad parameters
     elif shape_kwargs:
         raise ValueError("apply_gaaf: shape_kwargs given without a shape name")
-
-    def wrap(module: nn.Module) -> GAAF:
-        return GAAF(module, shape=shape, K=K, **shape_kwargs)
-
+    if policy is not None and not callable(policy):
+        raise TypeError(
+            f"apply_gaaf: policy must be a callable (name, module) -> dict | None, got {policy!r}"
+        )
     report = GAAFReport()
-    names = _names_by_object(model)
+    options = {"K": K, "shape": shape, "shape_kwargs": shape_kwargs}
+    chooser = _Chooser(chosen_targets, _as_patterns(include), _as_patterns(exclude), policy, options, report)
     existing = sum(isinstance(m, GAAF) for m in model.modules())
-    replaced: dict[int, GAAF] = {}
+
+    _replace_modules(model, chooser, report)
+    _replace_function_attributes(model, chooser, report)
+    if functional:
+        _rewrite_functional(model, chooser, report)
+
+    if not report:
+        what = (
+            f"the model already has {existing} GAAF module(s)"
+            if existing
+            else "no activation matched the targets/include/exclude/policy"
+        )
+        warnings.warn(f"apply_gaaf: {what}; nothing changed", UserWarning, stacklevel=2)
+    return report
+
+
+def _replace_modules(model: nn.Module, chooser: _Chooser, report: GAAFReport) -> None:
+    names: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+    replaced: dict[int, tuple[GAAF, str]] = {}
     for name, module in list(model.named_modules(remove_duplicate=False)):
-        if not name or isinstance(module, GAAF) or not isinstance(module, classes):
+        if not name or isinstance(module, GAAF) or _inside_gaaf(model, name):
             continue
-        if _inside_gaaf(model, name) or not _selected(name, inc, exc):
-            continue
-        new = replaced.get(id(module))
-        if new is None:
-            new = replaced[id(module)] = wrap(module)
-        _set_submodule(model, name, new)
+        if id(module) in replaced:  # a shared module: wrapped once, replaced where selected
+            new, why = replaced[id(module)]
+            if not _selected(name, chooser.include, chooser.exclude):
+                report.skipped[name] = "left out by include/exclude"
+                continue
+        else:
+            match = match_module(module)
+            if match is None and not isinstance(module, chooser.targets.classes):
+                if _looks_like_activation(module):
+                    report.skipped[name] = (
+                        f"{type(module).__qualname__} is not in the activation catalogue "
+                        "(register_activation(cls, base) or targets=[cls] to include it)"
+                    )
+                continue
+            new = chooser.wrap(name, match, module)
+            if new is None:
+                continue
+            why = match.why if match else f"{type(module).__qualname__} is in targets (generic path)"
+            replaced[id(module)] = (new, why)
+        report.reasons[name] = why
+        parent, child = _parent(model, name)
+        setattr(parent, child, new)  # also right for Sequential/ModuleList/ModuleDict ("0", "key")
+        _clear_fast_path(parent)
         report[name] = Replacement(module, new)
         others = tuple(n for n in names[id(module)] if n != name)
         if others:
             report.shared[name] = others
 
-    if functional:
-        _rewrite_functional(model, classes, inc, exc, wrap, report)
 
-    if not report:
-        if existing:
-            warnings.warn(
-                f"apply_gaaf: the model already has {existing} GAAF module(s); nothing changed",
-                UserWarning,
-                stacklevel=2,
-            )
-        else:
-            warnings.warn(
-                "apply_gaaf: no activation matched the targets/include/exclude; nothing changed",
-                UserWarning,
-                stacklevel=2,
-            )
-    return report
-
-
-def _inside_gaaf(model: nn.Module, name: str) -> bool:
-    parts = name.split(".")
-    for i in range(1, len(parts)):
-        if isinstance(model.get_submodule(".".join(parts[:i])), GAAF):
-            return True
-    return False
+def _replace_function_attributes(model: nn.Module, chooser: _Chooser, report: GAAFReport) -> None:
+    for owner_name, owner in list(model.named_modules()):
+        if isinstance(owner, GAAF) or (owner_name and _inside_gaaf(model, owner_name)):
+            continue
+        for attr, value in list(vars(owner).items()):
+            if attr.startswith("_") or not isinstance(
+                value, (types.FunctionType, types.BuiltinFunctionType, functools.partial)
+            ):
+                continue
+            qual = f"{owner_name}.{attr}" if owner_name else attr
+            match = match_function(value)
+            if match is None:
+                if _LOOKS_LIKE.search(getattr(value, "__name__", "")):
+                    report.skipped[qual] = f"function {_show(value)} is not in the activation catalogue"
+                continue
+            new = chooser.wrap(qual, match, match.base.module())
+            if new is None:
+                continue
+            setattr(owner, attr, new)  # nn.Module moves it from the instance dict to the submodules
+            owner.__dict__.setdefault("_gaaf_function_attrs", {})[attr] = value
+            _clear_fast_path(owner)
+            report[qual] = Replacement(value, new)
+            report.reasons[qual] = f"function attribute: {match.why}"
+            report.attributes.append(qual)
 
 
 def strip_gaaf(model: nn.Module) -> GAAFReport:
-    """Undo :func:`apply_gaaf`: put each original activation module back (same object, same args).
+    """Undo :func:`apply_gaaf`: put each original activation back (same object, same function).
 
-    Functional rewrites are undone too. Returns ``{name: (gaaf module, restored module)}``.
+    Function attributes get their function back, functional rewrites are undone, fast-path flags
+    are restored. Returns ``{name: (gaaf module, restored module or function)}``.
     """
     _refuse_wrapped(model, "strip_gaaf")
     report = GAAFReport()
-    for name, module in list(model.named_modules(remove_duplicate=False)):
-        if name and isinstance(module, GAAF) and not _inside_gaaf(model, name):
-            if getattr(module, "_gaaf_functional", False):
-                continue
-            _set_submodule(model, name, module.base)
-            report[name] = Replacement(module, module.base)
     for owner_name, owner in list(model.named_modules()):
-        added = owner.__dict__.pop("_gaaf_functional_nodes", None)
-        if added is None:
-            continue
-        owner.__dict__.pop("forward", None)  # back to the class's own forward
-        for attr in added:
+        prefix = f"{owner_name}." if owner_name else ""
+        for attr, fn in owner.__dict__.pop("_gaaf_function_attrs", {}).items():
             gaaf_module = getattr(owner, attr)
             delattr(owner, attr)
-            qual = f"{owner_name}.{attr}" if owner_name else attr
-            report[qual] = Replacement(gaaf_module, gaaf_module.base)
+            setattr(owner, attr, fn)
+            report[prefix + attr] = Replacement(gaaf_module, fn)
+        added = owner.__dict__.pop("_gaaf_functional_nodes", None)
+        if added is not None:
+            owner.__dict__.pop("forward", None)  # back to the class's own forward
+            for attr in added:
+                gaaf_module = getattr(owner, attr)
+                delattr(owner, attr)
+                report[prefix + attr] = Replacement(gaaf_module, gaaf_module.base)
+    for name, module in list(model.named_modules(remove_duplicate=False)):
+        if name and isinstance(module, GAAF) and not _inside_gaaf(model, name):
+            parent, child = _parent(model, name)
+            setattr(parent, child, module.base)
+            report[name] = Replacement(module, module.base)
+    for owner in model.modules():
+        owner.__dict__.update(owner.__dict__.pop("_gaaf_saved_flags", {}))
     return report
 
 
 # --------------------------------------------------------------------------------------------------
 # Functional calls via torch.fx
 # --------------------------------------------------------------------------------------------------
-
-
-def _module_for_call(target: Any, args: tuple, kwargs: dict) -> nn.Module | None:
-    """The activation module equivalent to a functional call node, or None if it is not one."""
-
-    def arg(i: int, key: str, default: Any) -> Any:
-        if key in kwargs:
-            return kwargs[key]
-        return args[i] if len(args) > i else default
-
-    if target in (torch.tanh, F.tanh, "tanh"):
-        return nn.Tanh()
-    if target in (torch.sigmoid, F.sigmoid, "sigmoid"):
-        return nn.Sigmoid()
-    if target in (torch.relu, F.relu, "relu"):
-        return nn.ReLU()
-    if target in (F.leaky_relu, "leaky_relu"):
-        return nn.LeakyReLU(arg(1, "negative_slope", 0.01))
-    if target in (F.elu, "elu"):
-        return nn.ELU(arg(1, "alpha", 1.0))
-    if target in (F.gelu, "gelu"):
-        return nn.GELU(approximate=arg(1, "approximate", "none"))
-    if target in (F.silu, "silu"):
-        return nn.SiLU()
-    if target is F.hardtanh:
-        return nn.Hardtanh(arg(1, "min_val", -1.0), arg(2, "max_val", 1.0))
-    if target is F.relu6:
-        return nn.ReLU6()
-    if target in (F.softplus, "softplus"):
-        return nn.Softplus(arg(1, "beta", 1.0), arg(2, "threshold", 20.0))
-    return None
 
 
 class _OneLevelTracer(torch.fx.Tracer):
@@ -299,34 +422,22 @@ class _OneLevelTracer(torch.fx.Tracer):
         return m is not self._root
 
 
-_FUNCTIONAL_WORDS = ("tanh", "sigmoid", "relu", "gelu", "elu", "silu", "softplus", "hardtanh")
-
-
 def _mentions_activation(module: nn.Module) -> bool:
     try:
         src = inspect.getsource(type(module).forward)
     except (OSError, TypeError):
         return True
-    return any(w in src for w in _FUNCTIONAL_WORDS)
+    return any(w in src for w in functional_words())
 
 
-def _rewrite_functional(
-    model: nn.Module,
-    classes: tuple[type, ...],
-    include: list[str] | None,
-    exclude: list[str] | None,
-    wrap: Callable[[nn.Module], GAAF],
-    report: GAAFReport,
-) -> None:
+def _rewrite_functional(model: nn.Module, chooser: _Chooser, report: GAAFReport) -> None:
     for owner_name, owner in list(model.named_modules()):
-        cls_module = type(owner).__module__
         if (
             isinstance(owner, GAAF)
-            or cls_module.startswith("torch.nn")
-            or "_gaaf_functional_nodes" in (owner.__dict__)
+            or type(owner).__module__.startswith("torch.nn")
+            or "_gaaf_functional_nodes" in owner.__dict__
+            or not _mentions_activation(owner)
         ):
-            continue
-        if not _mentions_activation(owner):
             continue
         try:
             graph = _OneLevelTracer(owner).trace(owner)
@@ -341,14 +452,15 @@ def _rewrite_functional(
         for node in list(graph.nodes):
             if node.op not in ("call_function", "call_method"):
                 continue
-            plain = _module_for_call(node.target, tuple(node.args), dict(node.kwargs))
-            if plain is None or not isinstance(plain, classes):
+            match = match_call(node.target, tuple(node.args), dict(node.kwargs))
+            if match is None:
                 continue
             qual = f"{owner_name}.{node.name}" if owner_name else node.name
-            if not _selected(qual, include, exclude):
+            plain = match.base.module()
+            new = chooser.wrap(qual, match, plain)
+            if new is None:
                 continue
             attr = f"gaaf_{node.name}"
-            new = wrap(plain)
             new._gaaf_functional = True
             owner.add_module(attr, new)
             with graph.inserting_before(node):
@@ -357,6 +469,7 @@ def _rewrite_functional(
             graph.erase_node(node)
             added.append(attr)
             report[qual] = Replacement(plain, new)
+            report.reasons[qual] = match.why
             report.functional.append(qual)
         if not added:
             continue

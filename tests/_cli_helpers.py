@@ -47,7 +47,7 @@ def fit_env(data_dir: Path | str, **extra: str) -> dict[str, str]:
         GAAF_DATA_DIR=str(data_dir),
         WANDB_MODE="offline",
         WANDB_SILENT="true",
-        GAAF_COMPILE="0",
+        GAAF_BACKEND="eager",
     )
     env.update(extra)
     return env

@@ -10,7 +10,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_CONSOLE", "off")
 # Inductor compilation takes seconds per shape; unit tests check the math on the eager path and
 # test the compiled path explicitly where it matters.
-os.environ.setdefault("GAAF_COMPILE", "0")
+os.environ.setdefault("GAAF_BACKEND", "eager")
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gaaf import GAAF, apply_gaaf
-from lightning_gaaf.activations import SUPPORTED_ACTIVATIONS
+from lightning_gaaf.activations import CATALOG, activation_classes
 from lightning_gaaf.models import (
-    ACTIVATIONS,
     MLP,
     VGG,
     CosineAnnealing,
@@ -39,7 +38,7 @@ def n_params(model: nn.Module) -> int:
 
 
 def activation_names(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, (*SUPPORTED_ACTIVATIONS, GAAF))]
+    return [n for n, m in model.named_modules() if isinstance(m, (*activation_classes(), GAAF))]
 
 
 # ----------------------------------------------------------------------------- parameter counts
@@ -163,8 +162,11 @@ def test_make_activation_builds_fresh_plain_modules() -> None:
         "hardtanh": nn.Hardtanh,
         "relu6": nn.ReLU6,
         "softplus": nn.Softplus,
+        "softsign": nn.Softsign,
+        "hardsigmoid": nn.Hardsigmoid,
     }
-    assert set(ACTIVATIONS) == set(expected)
+    # The model names are the catalogue's (quick_gelu: a catalogue class, torch has none).
+    assert set(CATALOG) == set(expected) | {"quick_gelu"}
     assert make_activation("gelu_tanh").approximate == "tanh"
     for name, cls in expected.items():
         a, b = make_activation(name), make_activation(name)
@@ -186,7 +188,7 @@ def test_make_activation_builds_fresh_plain_modules() -> None:
 def test_unknown_activation_lists_the_valid_names(build) -> None:
     with pytest.raises(ValueError, match=r"activation: unknown activation 'swish'") as info:
         build()
-    for name in ACTIVATIONS:
+    for name in CATALOG:
         assert name in str(info.value)
 
 

@@ -2,19 +2,25 @@
 
 import ctypes
 import math
+import os
 import subprocess
+import sys
+import tempfile
+import textwrap
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from lightning_gaaf import GAAF, native
-from lightning_gaaf.activations import Gauss, One, ShiftedSigmoid, sawtooth, set_compile
+from lightning_gaaf import GAAF
+from lightning_gaaf.activations import CATALOG, SHAPES, Gauss, One, ShiftedSigmoid, sawtooth, use_backend
+from lightning_gaaf.activations.backends import native
 
 K = 10_000.0
 
-NATIVE_BASES = {
+KERNEL_BASES = {
     "tanh": lambda: nn.Tanh(),
     "sigmoid": lambda: nn.Sigmoid(),
     "relu": lambda: nn.ReLU(),
@@ -22,8 +28,9 @@ NATIVE_BASES = {
     "elu": lambda: nn.ELU(0.7),
     "silu": lambda: nn.SiLU(),
     "hardtanh": lambda: nn.Hardtanh(-2.0, 1.5),
+    "relu6": lambda: nn.ReLU6(),
 }
-NATIVE_SHAPES = {
+KERNEL_SHAPES = {
     "gauss": lambda: Gauss(c=2.0),
     "shifted_sigmoid": lambda: ShiftedSigmoid(a=2.0, b=0.5),
     "one": lambda: One(),
@@ -33,23 +40,17 @@ SPECIALS = [float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 1e6, -90.0, 
 
 @pytest.fixture
 def use_native():
-    """Compiled kernels on, native ones first; the library must build on this machine. Seeded."""
+    """The native backend; the library must build on this machine. Seeded."""
     torch.manual_seed(0)
-    set_compile(True)
-    native.set_native(True)
-    if native.load_library() is None:
-        pytest.fail("the native kernels did not build (a C compiler is part of the test machine)")
-    yield
-    native.set_native(None)
-    set_compile(None)
+    with use_backend("native"):
+        if native.load_library() is None:
+            pytest.fail("the native kernels did not build (a C compiler is part of the test machine)")
+        yield
 
 
 def _eager(module, x, weights):
-    set_compile(False)
-    try:
+    with use_backend("eager"):
         return _values_and_grad(module, x, weights)
-    finally:
-        set_compile(True)
 
 
 def _values_and_grad(module, x, weights):
@@ -59,13 +60,18 @@ def _values_and_grad(module, x, weights):
     return y.detach(), grad
 
 
-def test_every_native_pair_is_known_to_the_library():
-    assert set(native.NATIVE_BASES) == set(NATIVE_BASES)
-    assert set(native.NATIVE_SHAPES) == set(NATIVE_SHAPES)
+def test_catalogue_kernel_ids_fill_the_library_table(use_native):
+    """Every C row is some catalogue entry's kernel, every column some shape's: no stale ids."""
+    rows, columns = native.table_size()
+    with_kernel = {name for name, spec in CATALOG.items() if spec.kernel is not None}
+    assert with_kernel == set(KERNEL_BASES)
+    assert {CATALOG[name].kernel for name in with_kernel} == set(range(rows))
+    assert {cls.kernel for cls in SHAPES.values() if cls.kernel is not None} == set(range(columns))
+    assert set(KERNEL_SHAPES) == {name for name, cls in SHAPES.items() if cls.kernel is not None}
 
 
-@pytest.mark.parametrize("shape_name", list(NATIVE_SHAPES))
-@pytest.mark.parametrize("base_name", list(NATIVE_BASES))
+@pytest.mark.parametrize("shape_name", list(KERNEL_SHAPES))
+@pytest.mark.parametrize("base_name", list(KERNEL_BASES))
 def test_native_matches_eager(use_native, base_name, shape_name, monkeypatch):
     """Values and gradients as the eager torch math, NaN/inf/huge inputs and odd lengths included."""
     calls = []
@@ -73,7 +79,7 @@ def test_native_matches_eager(use_native, base_name, shape_name, monkeypatch):
     monkeypatch.setattr(native.NativeKernels, "forward", lambda self, x: calls.append(1) or original(self, x))
     x = torch.cat([torch.randn(3001) * 4, torch.tensor(SPECIALS)])  # not a multiple of the vector width
     weights = torch.linspace(0.5, 1.5, x.numel())
-    module = GAAF(NATIVE_BASES[base_name](), shape=NATIVE_SHAPES[shape_name]())
+    module = GAAF(KERNEL_BASES[base_name](), shape=KERNEL_SHAPES[shape_name]())
     y, grad = _values_and_grad(module, x, weights)
     assert calls, "the native kernel was not used"
     y_ref, grad_ref = _eager(module, x, weights)
@@ -84,8 +90,8 @@ def test_native_matches_eager(use_native, base_name, shape_name, monkeypatch):
     assert torch.isnan(y[nan_at]).all() and torch.isnan(y_ref[nan_at]).all()
 
 
-@pytest.mark.parametrize("shape_name", list(NATIVE_SHAPES))
-@pytest.mark.parametrize("base_name", list(NATIVE_BASES))
+@pytest.mark.parametrize("shape_name", list(KERNEL_SHAPES))
+@pytest.mark.parametrize("base_name", list(KERNEL_BASES))
 def test_native_gradcheck_inside_teeth(use_native, base_name, shape_name):
     """gradcheck of the native Function itself (float32, so a coarse K = 10 and eps = 1e-3).
 
@@ -97,7 +103,7 @@ def test_native_gradcheck_inside_teeth(use_native, base_name, shape_name):
     k = 10.0
     offsets = torch.tensor([-0.35, -0.1, 0.2, 0.35]).repeat(20)
     x = ((torch.arange(-40, 40) + 0.5 + offsets) / k).float().requires_grad_(True)
-    module = GAAF(NATIVE_BASES[base_name](), shape=NATIVE_SHAPES[shape_name](), K=k)
+    module = GAAF(KERNEL_BASES[base_name](), shape=KERNEL_SHAPES[shape_name](), K=k)
     assert module(x).dtype == torch.float32
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "not a double precision" input
@@ -118,7 +124,7 @@ def test_native_tanh_is_within_three_ulp(use_native):
 @pytest.mark.parametrize("base_name", ["tanh", "relu"])
 def test_native_forward_bound(use_native, base_name):
     """|phi_new - phi| <= 0.5/K * |s| plus phi's own float32 rounding (at most 3 ulp, see above)."""
-    base = NATIVE_BASES[base_name]()
+    base = KERNEL_BASES[base_name]()
     module = GAAF(base)
     x = torch.cat([torch.randn(50_000) * 5, torch.arange(-2000, 2000) / K, torch.tensor([1e6, -1e6])])
     phi = base(x.double())
@@ -181,11 +187,9 @@ def test_native_not_used_for_float64_or_when_switched_off(use_native, monkeypatc
     calls = []
     monkeypatch.setattr(native.NativeKernels, "forward", lambda self, x: calls.append(1))
     GAAF(nn.Tanh())(torch.randn(10, dtype=torch.float64))
-    native.set_native(False)
-    GAAF(nn.Tanh())(torch.randn(10))
-    native.set_native(True)
-    set_compile(False)  # GAAF_COMPILE=0 turns off every compiled kernel, native ones included
-    GAAF(nn.Tanh())(torch.randn(10))
+    for backend in ("compile", "eager"):
+        with use_backend(backend):
+            GAAF(nn.Tanh())(torch.randn(10))
     assert calls == []
 
 
@@ -211,6 +215,72 @@ def test_library_is_cached_per_source(tmp_path, monkeypatch):
         native._build(source + "/* changed */\n", cc)
     assert len(compiles) == len(native._flag_sets())  # every flag set tried, best first
     assert "-O3" in compiles[0] and list(tmp_path.glob("*.so")) == [first]
+    failed = sorted(tmp_path.glob("*.failed"))
+    assert len(failed) == len(native._flag_sets()) and "simulated" in failed[0].read_text()
+    # A failure is remembered per flag set: the next process does not run the compiler again.
+    with pytest.raises(RuntimeError, match="failed before"):
+        native._build(source + "/* changed */\n", cc)
+    assert len(compiles) == len(native._flag_sets())
+
+
+def test_unwritable_cache_dir_falls_back_to_a_temporary_folder(monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("GAAF_CACHE_DIR", str(blocker / "cache"))
+    with pytest.warns(RuntimeWarning, match="not writable"):
+        folder = native.cache_dir()
+    assert folder.parent == Path(tempfile.gettempdir())
+    assert folder.is_dir() and os.access(folder, os.W_OK)
+
+
+def test_concurrent_builds_run_the_compiler_once(tmp_path):
+    """Three processes build into one fresh cache at once (DDP ranks): one compiles, all load."""
+    log = tmp_path / "compiles.log"
+    wrapper = tmp_path / "cc-wrapper"
+    real_cc = native._compiler()
+    wrapper.write_text(
+        f'#!/bin/sh\ncase "$*" in *--version*) ;; *) echo build >> {log}; sleep 1;; esac\nexec {" ".join(real_cc)} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    script = textwrap.dedent(
+        """
+        from lightning_gaaf.activations.backends import native
+        assert native.load_library() is not None
+        print(native.load_library()._name)
+        """
+    )
+    env = dict(os.environ, GAAF_CACHE_DIR=str(tmp_path / "cache"), CC=str(wrapper))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outputs = [p.communicate(timeout=300)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    assert len(set(outputs)) == 1, outputs  # the same library file
+    assert log.read_text().count("build") == 1
+
+
+def test_only_one_openmp_runtime_is_loaded(tmp_path):
+    """The -fopenmp kernels must share torch's OpenMP runtime, not load a second one."""
+    script = textwrap.dedent(
+        """
+        import torch
+        from torch import nn
+        from lightning_gaaf import GAAF
+        from lightning_gaaf.activations import use_backend
+        from lightning_gaaf.activations.backends import native
+        torch.set_num_threads(2)
+        with use_backend("native"):
+            assert native.load_library() is not None
+            GAAF(nn.Tanh())(torch.randn(1_000_000))
+        print("\\n".join(native.loaded_openmp_runtimes()))
+        """
+    )
+    env = dict(os.environ, GAAF_CACHE_DIR=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    runtimes = out.stdout.split()
+    assert len(runtimes) == 1, runtimes
 
 
 def test_missing_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
@@ -218,19 +288,14 @@ def test_missing_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     monkeypatch.setattr(native, "_LIBRARY", None)
     monkeypatch.setattr(native, "_LOAD_FAILED", False)
-    set_compile(True)
-    native.set_native(True)
-    try:
+    with use_backend("native"):
         x = torch.randn(100)
         module = GAAF(nn.Tanh(), shape="gauss", c=2.5)
         with pytest.warns(RuntimeWarning, match="native kernels unavailable"):
             y = module(x)
         assert native.load_library() is None  # decided once per process, not retried per call
-        set_compile(False)
+    with use_backend("eager"):
         torch.testing.assert_close(y, module(x), rtol=4e-6, atol=1e-6)
-    finally:
-        native.set_native(None)
-        set_compile(None)
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
@@ -271,8 +336,7 @@ def test_training_with_native_kernels_follows_the_eager_path(use_native):
         return losses
 
     native_losses = train()
-    set_compile(False)
-    eager_losses = train()
-    set_compile(True)
+    with use_backend("eager"):
+        eager_losses = train()
     assert native_losses[-1] < native_losses[0]
     torch.testing.assert_close(native_losses, eager_losses, rtol=1e-4, atol=1e-5)

@@ -225,3 +225,236 @@ def test_ddp_wrapped_model_is_refused():
         assert bare.seq[0].weight.grad is not None
     finally:
         dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- other libraries' models
+def _gaaf_calls(model: nn.Module, run) -> dict[str, int]:
+    """How often each GAAF module of ``model`` ran during ``run()`` (forward hooks, removed after)."""
+    calls: dict[str, int] = {}
+    handles = [
+        m.register_forward_hook(
+            lambda mod, args, out, name=name: calls.__setitem__(name, calls.get(name, 0) + 1)
+        )
+        for name, m in model.named_modules()
+        if isinstance(m, GAAF)
+    ]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def _round_trip(model: nn.Module, inputs: dict, main_path: set[str], upstream: nn.Parameter, output) -> None:
+    """Surgery puts GAAF on ``main_path``, which runs, changes ``upstream``'s gradient; strip restores."""
+    model.eval()  # no dropout; torch's transformer fast path would run in eval + no_grad
+
+    def forward_value() -> torch.Tensor:
+        with torch.no_grad():
+            return output(model(**inputs))
+
+    def gradient() -> torch.Tensor:
+        model.zero_grad()
+        output(model(**inputs)).square().sum().backward()
+        return upstream.grad.clone()
+
+    before, grad_before = forward_value(), gradient()
+    report = apply_gaaf(model)
+    assert main_path <= set(report), report.summary()
+    assert set(_gaaf_calls(model, forward_value)) >= main_path, "the main path runs through GAAF"
+    after, grad_after = forward_value(), gradient()
+    assert (after - before).abs().max() < 1e-2, "GAAF moves the forward by a tiny amount only"
+    assert (grad_after - grad_before).abs().max() > 1e-4 * grad_before.abs().max(), "gradients change"
+    strip_gaaf(model)
+    assert not any(isinstance(m, GAAF) for m in model.modules())
+    assert torch.equal(forward_value(), before), "strip restores bit-identical outputs"
+    assert torch.equal(gradient(), grad_before)
+
+
+def test_transformer_encoder_function_attribute_is_replaced_and_restored():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+    assert model.layers[0].activation is F.relu and model.layers[0].activation_relu_or_gelu == 1
+    x = torch.randn(3, 5, 16)
+    report = apply_gaaf(nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False))
+    assert report.attributes == ["layers.0.activation", "layers.1.activation"]
+    assert "function attribute" in report.reasons["layers.0.activation"]
+    assert "relu" in report.reasons["layers.0.activation"]
+    _round_trip(
+        model,
+        {"src": x},
+        {"layers.0.activation", "layers.1.activation"},
+        model.layers[0].linear1.weight,
+        lambda out: out,
+    )
+    assert model.layers[0].activation is F.relu, "the function itself is back"
+    assert model.layers[0].activation_relu_or_gelu == 1, "and the fast path with it"
+
+
+def test_transformer_layer_fast_path_is_off_while_gaaf_is_applied():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(
+        16, 2, dim_feedforward=32, dropout=0.0, batch_first=True, activation="gelu"
+    )
+    layer.eval()
+    apply_gaaf(layer)
+    assert layer.activation_relu_or_gelu == 0
+    with torch.no_grad():  # the conditions of torch's fused inference path
+        calls = _gaaf_calls(layer, lambda: layer(torch.randn(2, 4, 16)))
+    assert calls == {"activation": 1}
+
+
+def test_timm_model_activation_classes_are_recognised():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        num_classes=5,
+        act_layer="gelu",  # timm's own GELU class
+    )
+    act = model.blocks[0].mlp.act
+    assert type(act).__module__.startswith("timm.")
+    report = apply_gaaf(model)
+    assert "timm.layers.activations.GELU is catalogue activation 'gelu'" in report.reasons["blocks.0.mlp.act"]
+    assert report["blocks.0.mlp.act"].new.fused
+    strip_gaaf(model)
+    _round_trip(
+        model,
+        {"x": torch.randn(2, 3, 32, 32)},
+        {"blocks.0.mlp.act", "blocks.1.mlp.act"},
+        model.blocks[0].mlp.fc1.weight,
+        lambda out: out,
+    )
+
+
+@pytest.mark.parametrize(
+    ("hidden_act", "base"), [("gelu", "gelu"), ("gelu_new", "gelu_tanh"), ("silu", "silu")]
+)
+def test_hugging_face_model_from_a_config_goes_through_gaaf(hidden_act, base):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        hidden_act=hidden_act,
+        max_position_embeddings=16,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    model = transformers.BertModel(config)  # random weights: nothing is downloaded
+    main = {f"encoder.layer.{i}.intermediate.intermediate_act_fn" for i in range(2)}
+    report = apply_gaaf(model)
+    assert main | {"pooler.activation"} <= set(report)
+    assert (
+        f"is catalogue activation {base!r}"
+        in report.reasons["encoder.layer.0.intermediate.intermediate_act_fn"]
+    )
+    assert all(report[name].new.fused for name in main)
+    strip_gaaf(model)
+    _round_trip(
+        model,
+        {"input_ids": torch.randint(0, 50, (2, 7))},
+        main,
+        model.encoder.layer[0].intermediate.dense.weight,
+        lambda out: out.last_hidden_state,  # the encoder output: not only the pooler
+    )
+
+
+# ----------------------------------------------------------------------------- registration, look-alikes, policy
+class MySwish(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
+def my_swish(x):
+    return x * torch.sigmoid(x)
+
+
+class FancyActivation(nn.Module):
+    def forward(self, x):
+        return torch.clamp(x, -1, 1) * 0.5
+
+
+class WithAttribute(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.act_fn = fn
+
+    def forward(self, x):
+        return self.act_fn(self.lin(x))
+
+
+def test_register_activation_for_a_class_and_a_function():
+    from lightning_gaaf import register_activation
+    from lightning_gaaf.activations import unregister_activation
+
+    model = nn.Sequential(nn.Linear(4, 4), MySwish(), WithAttribute(my_swish))
+    with pytest.warns(UserWarning, match="no activation matched"):
+        report = apply_gaaf(model)
+    assert set(report.skipped) == {"1", "2.act_fn"}, report.summary()
+    assert "not in the activation catalogue" in report.skipped["1"]
+    register_activation(MySwish, "silu")
+    register_activation(my_swish, "silu")
+    try:
+        report = apply_gaaf(model)
+        assert set(report) == {"1", "2.act_fn"} and not report.skipped
+        assert "MySwish registered as 'silu'" in report.reasons["1"]
+        assert "my_swish registered as 'silu'" in report.reasons["2.act_fn"]
+        assert model[1].fused and model[2].act_fn.fused
+        x = torch.randn(10, 4)
+        with torch.no_grad():
+            torch.testing.assert_close(model[1](x), GAAF(nn.SiLU())(x), rtol=0, atol=0)
+        strip_gaaf(model)
+        assert isinstance(model[1], MySwish) and model[2].act_fn is my_swish
+    finally:
+        unregister_activation(MySwish)
+        unregister_activation(my_swish)
+    with pytest.raises(ValueError, match="unknown activation 'swish'; known activations: tanh"):
+        register_activation(MySwish, "swish")
+
+
+def test_look_alikes_are_listed_not_replaced():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Mish(), FancyActivation(), nn.Tanh(), nn.Softmax(dim=-1))
+    report = apply_gaaf(model)
+    assert set(report) == {"3"}
+    assert set(report.skipped) == {"1", "2", "4"}
+    assert "Mish is not in the activation catalogue" in report.skipped["1"]
+    summary = report.summary()
+    assert "3 look-alike(s) not replaced" in summary and "FancyActivation" in summary
+    # targets=[cls] takes one in anyway (generic path: its own autograd plus the GAAF term)
+    report = apply_gaaf(model, targets=[nn.Mish])
+    assert set(report) == {"1"} and not model[1].fused and "generic path" in report.reasons["1"]
+
+
+def test_policy_chooses_options_per_layer():
+    model = make_model()
+    seen = []
+
+    def policy(name, module):
+        seen.append((name, type(module).__name__))
+        if isinstance(module, nn.GELU):
+            return None
+        return {"K": 100.0, "shape": "one"} if name.startswith("seq.") else {}
+
+    report = apply_gaaf(model, policy=policy, functional=True)
+    assert ("heads.act", "GELU") in seen and ("leaky_relu", "LeakyReLU") in seen
+    assert report.skipped["heads.act"] == "the policy returned None"
+    assert isinstance(model.heads["act"], nn.GELU)
+    assert model.seq[3].K == 100.0 and repr(model.seq[3].shape) == "one()"
+    assert report["leaky_relu"].new.K == 10_000 and repr(report["leaky_relu"].new.shape).startswith("shifted")
+    with pytest.raises(ValueError, match=r"the policy returned unknown option\(s\) \['k'\] for 'shared'"):
+        apply_gaaf(make_model(), policy=lambda name, module: {"k": 1.0})
+    with pytest.raises(TypeError, match="policy must be a callable"):
+        apply_gaaf(make_model(), policy={"K": 1.0})

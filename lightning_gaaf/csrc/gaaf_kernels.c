@@ -1,9 +1,9 @@
 /* Native float32 CPU kernels for GAAF: phi(x) + g(x) s(x) and its derivative, one pass each.
  *
- * Built at first use by lightning_gaaf/native.py with the machine's C compiler
+ * Built at first use by lightning_gaaf/activations/backends/native.py with the machine's C compiler
  * (-O3 -march=native -fopenmp) and called through ctypes. Every loop is written so that the
  * compiler vectorises it: no calls, no branches, only selects, and exp/tanh as the same inlined
- * polynomials as the compiled torch kernels in activations.py (a few float32 ulp).
+ * polynomials as the compiled torch kernels (activations/f32math.py; a few float32 ulp).
  *
  * Kernels are specialised per (base, shape) pair by macros; parameters (negative slope, alpha,
  * hardtanh bounds, shape c / a / b, K, 1/K) arrive at run time in a float[8]. Threads come from
@@ -16,7 +16,7 @@
 #include <omp.h>
 #endif
 
-#define GAAF_ABI_VERSION 1
+#define GAAF_ABI_VERSION 2
 /* Elements per thread below which a kernel stays on the calling thread: a quarter of ATen's
  * GRAIN_SIZE, as these loops cost several times more per element than a plain activation. */
 #define GAAF_GRAIN 8192
@@ -43,7 +43,7 @@ static inline float bits_to_float(uint32_t u) {
 
 /* exp(a) for a <= 0 (NaN stays NaN) as 2^n (1 + expm1(r)): n = round(a / ln 2) by the 1.5 * 2^23
  * shifter (whose low bits then hold n), Cody-Waite reduction, and the degree-7 polynomial of
- * activations.py for expm1(r), |r| <= ln(2)/2, evaluated Estrin-style (short dependency chains:
+ * f32math.py for expm1(r), |r| <= ln(2)/2, evaluated Estrin-style (short dependency chains:
  * these loops are latency-bound). */
 static inline void exp_parts(float a, float *two_n, float *expm1_r, int *under) {
     const float shifter = 12582912.0f;
@@ -225,7 +225,8 @@ GAAF_BASE(elu)
 GAAF_BASE(silu)
 GAAF_BASE(hardtanh)
 
-/* Table order = the ids in native.py (NATIVE_BASES x NATIVE_SHAPES). */
+/* Rows = the `kernel` ids of the activation catalogue (activations/catalog.py), columns = the
+ * `kernel` ids of the shapes (activations/shapes.py). relu6 uses the hardtanh row. */
 #define GAAF_ROW(B, K) {K##_##B##_gauss, K##_##B##_shifted_sigmoid, K##_##B##_one}
 #define GAAF_TABLE(K)                                                                            \
     {GAAF_ROW(tanh, K), GAAF_ROW(sigmoid, K), GAAF_ROW(relu, K), GAAF_ROW(leaky_relu, K),        \
@@ -265,6 +266,8 @@ static params_t unpack(const float *params) {
 }
 
 int gaaf_abi_version(void) { return GAAF_ABI_VERSION; }
+int gaaf_table_rows(void) { return N_BASES; }
+int gaaf_table_columns(void) { return N_SHAPES; }
 
 int gaaf_forward(int base, int shape, const float *params, const float *x, float *y, int64_t n,
                  int nthreads) {

@@ -7,12 +7,11 @@ Models are always built with plain activations; GAAF is added afterwards by
 from lightning_gaaf.models.classifier import ImageClassifier
 from lightning_gaaf.models.cnn import SmallCNN
 from lightning_gaaf.models.mlp import MLP
-from lightning_gaaf.models.registry import ACTIVATIONS, make_activation
+from lightning_gaaf.models.registry import make_activation
 from lightning_gaaf.models.schedulers import CosineAnnealing
 from lightning_gaaf.models.vgg import VGG, VGG_LAYERS
 
 __all__ = [
-    "ACTIVATIONS",
     "MLP",
     "VGG",
     "VGG_LAYERS",
@@ -21,3 +20,12 @@ __all__ = [
     "SmallCNN",
     "make_activation",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``ACTIVATIONS``: deprecated, the names are the catalogue's (``lightning_gaaf.activations.CATALOG``)."""
+    if name == "ACTIVATIONS":
+        from lightning_gaaf.models import registry
+
+        return registry.__getattr__(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,7 @@ class SmallCNN(nn.Module):
         input_size: image height/width; must be divisible by 2 ** (number of poolings).
         conv_widths: output channels of the conv layers (a pool follows every second one).
         fc_widths: widths of the hidden fully-connected layers (the output layer comes on top).
-        activation: activation name from :data:`lightning_gaaf.models.ACTIVATIONS`.
+        activation: activation name from the catalogue (:data:`lightning_gaaf.activations.CATALOG`).
         batch_norm: insert BatchNorm before every hidden activation (conv and fully-connected).
         dropout: drop probability after each hidden fully-connected activation.
     """

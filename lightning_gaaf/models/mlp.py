@@ -21,7 +21,7 @@ class MLP(nn.Sequential):
         in_features: size of the flattened input (784 for 28x28 grey images).
         hidden: widths of the hidden layers.
         num_classes: number of output logits.
-        activation: activation name from :data:`lightning_gaaf.models.ACTIVATIONS`.
+        activation: activation name from the catalogue (:data:`lightning_gaaf.activations.CATALOG`).
         dropout: drop probability after each hidden activation (0 disables it).
         batch_norm: insert ``BatchNorm1d`` between each hidden linear layer and its activation.
     """

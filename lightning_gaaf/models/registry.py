@@ -2,26 +2,42 @@
 
 One module instance per layer matters: GAAF surgery and the monitors address activations by their
 qualified module name, so a shared instance would merge all layers into one. The names are those of
-:data:`lightning_gaaf.activations.ACTIVATIONS` (one registry for the whole package).
+the activation catalogue (:data:`lightning_gaaf.activations.CATALOG`); this module only adds the
+config field name to its error.
 """
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 from torch import nn
 
-from lightning_gaaf.activations import ACTIVATIONS
+from lightning_gaaf.activations.catalog import CATALOG, activation_from_name, spec_by_name
 
-__all__ = ["ACTIVATIONS", "check_activation", "make_activation"]
+__all__ = ["check_activation", "make_activation"]
 
 
 def check_activation(name: str, field: str = "activation") -> str:
-    """Return ``name`` if it is a known activation, else raise one ValueError that lists the valid names."""
-    if name not in ACTIVATIONS:
-        valid = ", ".join(ACTIVATIONS)
-        raise ValueError(f"{field}: unknown activation {name!r}; valid names: {valid}")
+    """Return ``name`` if it is a catalogue activation, else one ValueError that lists the valid names."""
+    try:
+        spec_by_name(name)
+    except ValueError as err:
+        raise ValueError(f"{field}: {err}") from None
     return name
 
 
 def make_activation(name: str) -> nn.Module:
-    """Build a fresh, non-inplace activation module from its registry name (e.g. ``"tanh"``)."""
-    return ACTIVATIONS[check_activation(name)]()
+    """Build a fresh, non-inplace activation module from its catalogue name (e.g. ``"tanh"``)."""
+    return activation_from_name(check_activation(name))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ACTIVATIONS":
+        warnings.warn(
+            "lightning_gaaf.models.ACTIVATIONS is deprecated: use lightning_gaaf.activations.CATALOG",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return {n: (lambda n=n: activation_from_name(n)) for n in CATALOG}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,7 +26,7 @@ class VGG(nn.Module):
         in_channels: image channels.
         input_size: image height/width; must be divisible by 16 (four poolings).
         classifier_widths: widths of the hidden fully-connected layers.
-        activation: activation name from :data:`lightning_gaaf.models.ACTIVATIONS`.
+        activation: activation name from the catalogue (:data:`lightning_gaaf.activations.CATALOG`).
         batch_norm: insert BatchNorm before every hidden activation (conv and fully-connected).
         dropout: drop probability after each hidden fully-connected activation.
     """

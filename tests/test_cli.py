@@ -97,7 +97,7 @@ def test_ddp_ranks_build_and_share_the_native_kernels(tmp_path: Path, mnist_dir:
     cache = tmp_path / "kernel-cache"
     args = ["--config", str(CONFIGS / "mnist_gaaf.yaml"), *TINY]
     args += ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
-    env = fit_env(mnist_dir, GAAF_COMPILE="1", GAAF_CACHE_DIR=str(cache))
+    env = fit_env(mnist_dir, GAAF_BACKEND="native", GAAF_CACHE_DIR=str(cache))
     result = run_fit(*args, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "native kernels unavailable" not in result.stderr

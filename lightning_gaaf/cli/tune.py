@@ -25,9 +25,11 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -247,19 +249,55 @@ def _output_to(log: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
+class _Signals:
+    """The SIGINT/SIGTERM a worker received, if any: it finishes (fails) the current trial and stops.
+
+    In-process trials need this: Lightning turns Ctrl+C into ``sys.exit(1)`` (and ignores SIGINT
+    afterwards) and SIGTERM into a ``SIGTERMException``, both of which would otherwise look like one
+    failed trial, after which the worker would go on with the next.
+    """
+
+    received: int | None = None
+
+    @classmethod
+    def handler(cls, signum: int, frame: Any) -> None:
+        cls.received = signum
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+
+    @classmethod
+    def install(cls) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, cls.handler)
+
+    @classmethod
+    def check(cls) -> None:
+        """Exit like the signal would have (status 128 + signal number) once one was received."""
+        if cls.received is not None:
+            raise SystemExit(128 + cls.received)
+
+
 def _fit_in_process(fit_args: list[str], log: Path) -> int:
     """``gaaf-fit FIT_ARGS`` through its ``main()`` in this process (imports paid once per worker); exit code."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
     from lightning_gaaf.cli import fit
 
     with _output_to(log):
         try:
             fit.main(fit_args)
             return 0
+        except SIGTERMException:
+            _Signals.received = signal.SIGTERM
+            return 128 + signal.SIGTERM
         except SystemExit as exc:
             return exc.code if isinstance(exc.code, int) else 1
         except Exception:  # a crash of one trial: keep its traceback in its log, go on with the next
             traceback.print_exc()
             return 1
+        finally:
+            _Signals.install()  # Lightning leaves SIGINT ignored after an interrupted fit
 
 
 def run_trial(settings: TuneSettings, study: optuna.Study, trial: optuna.Trial) -> optuna.trial.TrialState:
@@ -280,6 +318,10 @@ def run_trial(settings: TuneSettings, study: optuna.Study, trial: optuna.Trial) 
     except BaseException:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise
+    if _Signals.received is not None:
+        trial.set_user_attr("error", f"interrupted by signal {_Signals.received}")
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        _Signals.check()
     trial.set_user_attr("wall_time_s", round(time.time() - started, 1))
     result = read_objective(run_dir, settings.space.metric, settings.space.direction) if code == 0 else None
     if result is None:
@@ -313,6 +355,7 @@ def work(settings: TuneSettings, worker_index: int = 0) -> int:
         import torch
 
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        _Signals.install()
     storage = open_storage(settings.storage)
     existing = len(optuna.load_study(study_name=settings.study_name, storage=storage).trials)
     seed = None if settings.sampler_seed is None else settings.sampler_seed + worker_index + 1000 * existing
@@ -325,6 +368,7 @@ def work(settings: TuneSettings, worker_index: int = 0) -> int:
     ran = failed_in_a_row = 0
     while (trial := claim_trial(study, settings.n_trials, settings.out / "claim.lock")) is not None:
         state = run_trial(settings, study, trial)
+        _Signals.check()
         ran += 1
         failed_in_a_row = failed_in_a_row + 1 if state == optuna.trial.TrialState.FAIL else 0
         if failed_in_a_row >= settings.max_failures:

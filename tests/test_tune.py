@@ -173,7 +173,7 @@ def test_tiny_search_writes_a_runnable_best_config_and_continues(tmp_path, data_
         assert json.loads((run_dir / "stats" / "metrics.json").read_text())["test"] == {}
     # Each trial is an ordinary gaaf-fit run with its W&B run, grouped by study.
     records = wandb_records(Path(trials[0].user_attrs["run_dir"]))
-    assert run_meta(records).get("group") == "mnist_base"
+    assert run_meta(records)["run_group"] == "mnist_base"
     assert "val/acc" in history(records)
 
     summary = json.loads((out / "study.json").read_text())
@@ -192,7 +192,7 @@ def test_tiny_search_writes_a_runnable_best_config_and_continues(tmp_path, data_
     assert config["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(
         best.params["model.optimizer.init_args.lr"]
     )
-    assert "TrialPruning" not in best_yaml and "limit_test_batches" not in config["trainer"]
+    assert "TrialPruning" not in best_yaml and config["trainer"]["limit_test_batches"] == 2  # TINY's, not 0
     fit = run_fit(
         "--config", str(out / "best.yaml"), "--run_dir", str(tmp_path / "best_run"), cwd=tmp_path, env=env
     )

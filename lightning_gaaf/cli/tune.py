@@ -191,8 +191,7 @@ def trial_command(
         "--trainer.enable_progress_bar",
         "false",
     ]
-    if not any(arg.startswith("--trainer.limit_test_batches") for arg in settings.fit_args):
-        cmd += ["--trainer.limit_test_batches", "0"]  # selection never looks at the test set
+    cmd += ["--trainer.limit_test_batches", "0"]  # trials never look at the test set
     if settings.pruner != "none":
         cmd += [
             f"--trainer.callbacks+={_PRUNING_CALLBACK}",

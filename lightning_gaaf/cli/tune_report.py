@@ -108,9 +108,23 @@ def plot_history(study: optuna.Study, path: Path, metric: str) -> Path:
     return path
 
 
-def best_config(run_dir: Path, header: str) -> str:
+def user_value(fit_args: list[str], key: str) -> str | None:
+    """The last value given to ``--key`` in ``fit_args`` (``--key VALUE`` or ``--key=VALUE``), else None."""
+    value = None
+    for i, arg in enumerate(fit_args):
+        if arg == f"--{key}" and i + 1 < len(fit_args):
+            value = fit_args[i + 1]
+        elif arg.startswith(f"--{key}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def best_config(run_dir: Path, header: str, limit_test_batches: str | None = None) -> str:
     """The best trial's saved ``config.yaml`` without gaaf-tune's own additions (pruning callback,
-    skipped test set), so that ``gaaf-fit --config best.yaml`` trains and tests it like any config."""
+    skipped test set), so that ``gaaf-fit --config best.yaml`` trains and tests it like any config.
+
+    ``limit_test_batches``: what the user's own arguments set (the trials themselves ran no test batch).
+    """
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     trainer = config.get("trainer") or {}
     callbacks = trainer.get("callbacks")
@@ -118,8 +132,10 @@ def best_config(run_dir: Path, header: str) -> str:
         trainer["callbacks"] = [
             c for c in callbacks if not (isinstance(c, dict) and c.get("class_path") == _PRUNING_CALLBACK)
         ]
-    if trainer.get("limit_test_batches") == 0:
-        trainer.pop("limit_test_batches")
+    if limit_test_batches is None:
+        trainer.pop("limit_test_batches", None)
+    else:
+        trainer["limit_test_batches"] = yaml.safe_load(limit_test_batches)
     comment = "".join(f"# {line}\n" for line in header.splitlines())
     return comment + yaml.safe_dump(config, sort_keys=False)
 
@@ -164,6 +180,7 @@ def write_outputs(study: optuna.Study, settings: TuneSettings) -> optuna.Study:
             + "".join(f"{k} = {v!r}\n" for k, v in best.params.items())
             + "Run it with: gaaf-fit --config best.yaml"
         )
-        (out / "best.yaml").write_text(best_config(run_dir, header))
+        limit = user_value(settings.fit_args, "trainer.limit_test_batches")
+        (out / "best.yaml").write_text(best_config(run_dir, header, limit))
     (out / "study.json").write_text(json.dumps(summary, indent=1, default=str))
     return study

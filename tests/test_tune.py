@@ -285,6 +285,8 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
         ([str(CONFIGS / "svhn_base.yaml")], "no search space for svhn_base.yaml"),
         ([BASE, "--pruner", "sometimes"], "pruner 'sometimes'"),
         ([BASE, "--trials", "0"], "--trials and --workers must be >= 1"),
+        ([BASE, "--storage", "postgresql+nodriver://u@h/db"], "storage 'h/db': not a usable database URL"),
+        ([BASE, "--storage", "mysql://u@h/db"], "storage 'h/db': the database driver is not installed"),
     ]
     for args, message in cases:
         with pytest.raises(SystemExit) as exit_info:
@@ -315,7 +317,9 @@ def postgres_url():
     bindir = _postgres_bin()
     if bindir is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not installed: apt-get install postgresql")
-    pytest.importorskip("psycopg2", reason="the psycopg2 driver is needed for postgresql:// URLs")
+    pytest.importorskip(
+        "psycopg", reason="the psycopg driver (pip install psycopg[binary]) is needed for postgresql:// URLs"
+    )
     run_as: list[str] = []
     root = Path(tempfile.mkdtemp(prefix="gaaf-pg-"))
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
@@ -336,7 +340,7 @@ def postgres_url():
             [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"],
             check=True, capture_output=True, timeout=120,
         )  # fmt: skip
-        yield f"postgresql://gaaf@127.0.0.1:{port}/postgres"
+        yield f"postgresql+psycopg://gaaf@127.0.0.1:{port}/postgres"
     finally:
         if (data / "postmaster.pid").exists():
             subprocess.run(

@@ -47,7 +47,13 @@ from lightning_gaaf.cli.search_space import (
     load_space,
     overrides_yaml,
 )
-from lightning_gaaf.cli.tune_pruning import PRUNED_FILE, PrunerSpecError, make_pruner, open_storage
+from lightning_gaaf.cli.tune_pruning import (
+    PRUNED_FILE,
+    PrunerSpecError,
+    StorageError,
+    make_pruner,
+    open_storage,
+)
 from lightning_gaaf.cli.tune_report import write_outputs
 
 PROG = "gaaf-tune"
@@ -506,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.environ["GAAF_TUNE_WORKERS"] = str(settings.workers)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         run(settings, report_only=args.report_only)
-    except (TuneError, SearchSpaceError, PrunerSpecError) as exc:
+    except (TuneError, SearchSpaceError, PrunerSpecError, StorageError) as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         raise SystemExit(2) from None
     print(

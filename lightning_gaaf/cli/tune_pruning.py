@@ -15,10 +15,15 @@ from typing import Any
 
 import optuna
 import pytorch_lightning as pl
+import sqlalchemy.exc
 from typing_extensions import override
 
 #: ``<run_dir>/PRUNED_FILE``: written when the pruner stopped the run (epoch and last value).
 PRUNED_FILE = "pruned.json"
+
+
+class StorageError(ValueError):
+    """A storage URL that cannot be opened here (e.g. its database driver is missing)."""
 
 
 class PrunerSpecError(ValueError):
@@ -30,7 +35,17 @@ def open_storage(spec: str) -> optuna.storages.BaseStorage:
     Optuna's RDB storage, which several processes and machines can share) or a file path (an Optuna
     journal file: nothing to start, safe for several processes on one machine)."""
     if "://" in spec:
-        return optuna.storages.RDBStorage(spec, engine_kwargs={"pool_pre_ping": True})
+        try:
+            return optuna.storages.RDBStorage(spec, engine_kwargs={"pool_pre_ping": True})
+        except sqlalchemy.exc.ArgumentError as exc:
+            raise StorageError(
+                f"storage {spec.split('@')[-1]!r}: not a usable database URL ({exc})"
+            ) from None
+        except ImportError as exc:
+            raise StorageError(
+                f"storage {spec.split('@')[-1]!r}: the database driver is not installed ({exc}; "
+                "for PostgreSQL: pip install 'psycopg[binary]' and a postgresql+psycopg:// URL)"
+            ) from None
     path = Path(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))

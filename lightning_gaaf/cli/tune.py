@@ -459,9 +459,7 @@ def run(settings: TuneSettings, report_only: bool = False) -> optuna.Study:
         if settings.workers == 1:
             work(settings)
         else:
-            procs = [
-                subprocess.Popen([*_worker_argv(), "--worker-index", str(i)]) for i in range(settings.workers)
-            ]
+            procs = [subprocess.Popen(_worker_argv(i)) for i in range(settings.workers)]
             codes = [p.wait() for p in procs]
             if any(codes):
                 raise TuneError(f"worker exit codes {codes}")
@@ -473,8 +471,8 @@ def run(settings: TuneSettings, report_only: bool = False) -> optuna.Study:
 _ARGV: list[str] = []
 
 
-def _worker_argv() -> list[str]:
-    """This command line as a worker process: same arguments, one worker."""
+def _worker_argv(index: int) -> list[str]:
+    """This command line as worker process ``index``: same arguments, one worker."""
     argv = list(_ARGV)
     if "--" in argv:
         cut = argv.index("--")
@@ -493,7 +491,7 @@ def _worker_argv() -> list[str]:
         if arg.startswith("--workers="):
             continue
         cleaned.append(arg)
-    return [sys.executable, "-m", "lightning_gaaf.cli.tune", *cleaned, "--workers", "1", *rest]
+    return [sys.executable, "-m", "lightning_gaaf.cli.tune", *cleaned, "--worker-index", str(index), *rest]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

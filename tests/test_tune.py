@@ -254,6 +254,16 @@ def test_pruning_stops_a_trial_early(tmp_path, data_dir):
     assert json.loads((run_dir / "pruned.json").read_text())["epoch"] == 1
     assert "trial 0 pruned" in proc.stdout
 
+    # The same pruner after the last epoch: the trial used its whole budget, so it is complete.
+    proc = run_tune(
+        BASE, "--trials", "1", "--out", str(tmp_path / "full"), "--pruner", "threshold:1.01", "--", *TINY,
+        cwd=tmp_path, env=fit_env(data_dir, WANDB_MODE="disabled"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (trial,) = trials_of(str(tmp_path / "full" / "study.journal"), "mnist_base")
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.user_attrs["epochs_trained"] == 1
+    assert not (Path(trial.user_attrs["run_dir"]) / "pruned.json").exists()
+
 
 def test_sigterm_fails_the_running_trial_and_stops_the_worker(tmp_path, data_dir):
     """Lightning turns SIGTERM into an exception inside fit; the worker must stop, not start the next trial."""

@@ -75,6 +75,9 @@ def make_pruner(spec: str, direction: str = "maximize") -> optuna.pruners.BasePr
 class TrialPruning(pl.Callback):
     """Report ``monitor`` to an Optuna trial after each validation; stop the fit when it is pruned.
 
+    The pruner is not asked after the last epoch (``max_epochs``): a run that used its whole budget
+    is a complete trial.
+
     Args:
         storage: the study's storage (database URL or journal file path, as for ``gaaf-tune --storage``).
         study_name: the study.
@@ -130,10 +133,12 @@ class TrialPruning(pl.Callback):
             if value is not None:
                 value = float(value)
                 epoch = trainer.current_epoch
+                last = trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch + 1
                 if math.isfinite(value):
                     trial = self._connect()
                     trial.report(value, step=epoch)
-                    prune = trial.should_prune()
+                    # A run that has used its whole budget is complete, whatever the pruner says.
+                    prune = not last and trial.should_prune()
                 if prune:
                     self.pruned_at = epoch + 1
                     path = Path(trainer.default_root_dir) / PRUNED_FILE

@@ -70,7 +70,8 @@ def write_trials_table(rows: list[dict[str, Any]], csv_path: Path, md_path: Path
 
 
 def plot_history(study: optuna.Study, path: Path, metric: str) -> Path:
-    """Each finished trial's value (complete: filled, pruned: hollow) and the best so far."""
+    """Each finished trial's value (complete: filled; pruned: hollow, its last reported value) and the
+    best complete value so far."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,7 +98,8 @@ def plot_history(study: optuna.Study, path: Path, metric: str) -> Path:
         xs.append(t.number)
         ys.append(best)
     if xs:
-        ax.step(xs, ys, where="post", color="C3", label="best so far")
+        last = max(t.number for t in done)
+        ax.step([*xs, last], [*ys, ys[-1]], where="post", color="C3", label="best so far")
     ax.set_xlabel("trial")
     ax.set_ylabel(f"best {metric} of the run")
     ax.set_title(f"{study.study_name}: optimisation history")

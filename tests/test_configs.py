@@ -25,7 +25,13 @@ from lightning_gaaf.cli.fit import (
     main,
     next_run_dir,
 )
-from lightning_gaaf.datamodules import CIFAR10DataModule, CIFAR100DataModule, MNISTDataModule, SVHNDataModule
+from lightning_gaaf.datamodules import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    FashionMNISTDataModule,
+    MNISTDataModule,
+    SVHNDataModule,
+)
 from lightning_gaaf.models import MLP, VGG, CosineAnnealing, SmallCNN
 
 EXPECTED = {
@@ -33,12 +39,16 @@ EXPECTED = {
     "mnist_dropout",
     "mnist_gaaf",
     *(f"{d}_{v}" for d in ("cifar10", "cifar100", "svhn") for v in ("base", "bn", "gaaf", "bn_gaaf")),
+    # Beyond the paper: its SVHN network on Fashion-MNIST, and its MNIST models trained slowly.
+    *(f"fashion_mnist_cnn_{v}" for v in ("base", "bn", "gaaf", "bn_gaaf")),
+    *(f"mnist_slow_{v}" for v in ("base", "dropout", "gaaf")),
 }
 DATA = {
     "mnist": MNISTDataModule,
     "cifar10": CIFAR10DataModule,
     "cifar100": CIFAR100DataModule,
     "svhn": SVHNDataModule,
+    "fashion": FashionMNISTDataModule,
 }
 
 
@@ -59,7 +69,7 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def test_the_fifteen_paper_experiments_exist() -> None:
+def test_the_paper_experiments_and_our_variants_exist() -> None:
     assert {p.stem for p in EXPERIMENTS} == EXPECTED
 
 
@@ -69,6 +79,7 @@ def test_config_is_small_names_its_paper_row_and_builds(path: Path, build, tmp_p
     dataset = name.split("_")[0]
     lines = path.read_text().splitlines()
     table = 4 if dataset == "mnist" else 5
+    slow = name.startswith("mnist_slow")
     assert re.match(rf"# Paper Table {table}, \S+ row \"[^\"]+\": ", lines[0]), lines[0]
     assert len(lines) <= 12 and "defaults" in yaml.safe_load(path.read_text())  # shared settings included
 
@@ -79,12 +90,15 @@ def test_config_is_small_names_its_paper_row_and_builds(path: Path, build, tmp_p
     assert model.num_classes == data.num_classes
     backbone = model.backbone
     if dataset == "mnist":
-        dropout = 0.5 if name == "mnist_dropout" else 0.0
+        dropout = 0.5 if name.endswith("dropout") else 0.0
         assert n_params(backbone) == n_params(MLP(dropout=dropout))
         assert backbone.act1.__class__ is nn.Tanh
         assert any(isinstance(m, nn.Dropout) and m.p == 0.5 for m in backbone.modules()) == (dropout > 0)
     elif dataset == "svhn":
         assert n_params(backbone) == n_params(SmallCNN(num_classes=10, batch_norm=batch_norm))
+    elif dataset == "fashion":
+        expected = SmallCNN(num_classes=10, in_channels=1, input_size=28, batch_norm=batch_norm)
+        assert n_params(backbone) == n_params(expected)
     else:
         assert n_params(backbone) == n_params(VGG(num_classes=data.num_classes, batch_norm=batch_norm))
     assert any(isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) for m in backbone.modules()) == batch_norm
@@ -96,7 +110,7 @@ def test_config_is_small_names_its_paper_row_and_builds(path: Path, build, tmp_p
         assert callbacks[0].options["K"] == 10000 and callbacks[0].options["shape"] is None
     assert any(isinstance(c, GradientInformation) for c in callbacks)
     assert any(isinstance(c, SaturationMonitor) for c in callbacks)
-    assert any(isinstance(c, NetVariance) for c in callbacks) == (name == "mnist_dropout")
+    assert any(isinstance(c, NetVariance) for c in callbacks) == name.endswith("dropout")
     assert isinstance(trainer.progress_bar_callback, RichProgressBar)
 
     run_dir = tmp_path / "run"
@@ -114,7 +128,7 @@ def test_config_is_small_names_its_paper_row_and_builds(path: Path, build, tmp_p
     optim = model.configure_optimizers()
     if dataset == "mnist":
         assert isinstance(optim, torch.optim.SGD) and optim.defaults["lr"] == 0.05
-        assert optim.defaults["momentum"] == 0.9
+        assert optim.defaults["momentum"] == (0.0 if slow else 0.9)
     else:
         optimizer, scheduler = optim["optimizer"], optim["lr_scheduler"]["scheduler"]
         assert optimizer.defaults["lr"] == 0.05 and optimizer.defaults["weight_decay"] == 5e-4

@@ -6,17 +6,21 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from lightning_gaaf.callbacks.correlation import read_rows
 from lightning_gaaf.cli import reproduce
+from lightning_gaaf.cli.reproduce_tables import PAPER_NOT_AVAILABLE, paired_difference
 from lightning_gaaf.datamodules.synthetic import write_mnist
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def run_reproduce(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    """gaaf-reproduce with the bundled configs (no --configs)."""
     cmd = [
         sys.executable, "-m", "lightning_gaaf.cli.reproduce", "mnist", "--quick",
-        "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--configs", str(CONFIGS), *extra,
+        "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"), *extra,
     ]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
 
@@ -59,6 +63,41 @@ def test_quick_reproduction_writes_tables_json_and_figure(quick_run):
     table2 = (out / "table2.md").read_text()
     assert table2.splitlines()[0] == "| layer | base | dropout | gaaf |"
     assert len(table2.splitlines()) == 2 + 4
+    # Table 1: one row per model and hidden layer, one column per threshold, from NodeCorrelation.
+    table1 = (out / "table1.md").read_text()
+    header = next(line for line in table1.splitlines() if line.startswith("| model |"))
+    assert (
+        header
+        == "| model | layer | live nodes | \\|corr\\| > 0.9 | \\|corr\\| > 0.8 | \\|corr\\| > 0.7 | \\|corr\\| > 0.6 | \\|corr\\| > 0.5 |"
+    )
+    rows = [line for line in table1.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    assert [row.split(" | ")[:2] for row in rows] == [
+        [f"| {m}", f"backbone.{layer}"]
+        for m in ("base", "dropout", "gaaf")
+        for layer in ("act1", "act2", "act3")
+    ]
+    csv_rows = read_rows(Path(results["runs"]["gaaf"][0]["run_dir"]) / "stats" / "node_correlation.csv")
+    first = next(r for r in csv_rows if r["layer"] == "backbone.act1" and r["threshold"] == 0.9)
+    gaaf_row = next(row for row in rows if row.startswith("| gaaf | backbone.act1 |"))
+    share = 100 * first["pairs"] / first["total_pairs"]
+    assert f"| {first['pairs']} ({share:.1f} %) |" in gaaf_row
+    assert PAPER_NOT_AVAILABLE in table1
+    # Table 3: net variance under dropout, only the dropout model records it.
+    table3 = (out / "table3.md").read_text()
+    var_rows = [line for line in table3.splitlines() if line.startswith("| dropout |")]
+    assert [row.split(" | ")[1] for row in var_rows] == ["backbone.act1", "backbone.act2", "backbone.act3"]
+    assert not any(line.startswith(("| base |", "| gaaf |")) for line in table3.splitlines())
+    dropout_config = yaml.safe_load(
+        (Path(results["runs"]["dropout"][0]["run_dir"]) / "config.yaml").read_text()
+    )
+    (probe,) = [c for c in dropout_config["trainer"]["callbacks"] if c["class_path"].endswith(".NetVariance")]
+    assert probe["init_args"]["max_samples"] == 128 and probe["init_args"]["repeats"] == 20
+    net_var = json.loads(
+        (Path(results["runs"]["dropout"][0]["run_dir"]) / "stats" / "net_var.json").read_text()
+    )
+    last = [v for v in net_var["layers"]["backbone.act1"] if v is not None][-1]
+    assert f"| {last:.4g} (0) | 1 |" in var_rows[0]
+    assert "over 20 dropout masks" in table3 and PAPER_NOT_AVAILABLE in table3
     png = (out / "nets_test.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert "3 run(s) to train, 0 finished run(s) reused" in proc.stdout
@@ -99,7 +138,7 @@ def test_fashion_mnist_uses_the_same_configs_with_its_own_data(tmp_path):
         sys.executable, "-m", "lightning_gaaf.cli.reproduce", "fashion_mnist", "--quick",
         "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--configs", str(CONFIGS),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["dataset"] == "fashion_mnist" and results["paper"] is None
@@ -107,3 +146,46 @@ def test_fashion_mnist_uses_the_same_configs_with_its_own_data(tmp_path):
         config = (tmp_path / "out" / "runs" / model / "seed_0" / "config.yaml").read_text()
         assert "class_path: lightning_gaaf.datamodules.FashionMNISTDataModule" in config
     assert "| n/a | n/a |" in (tmp_path / "out" / "table4.md").read_text()
+
+
+def test_paired_difference_matches_the_t_distribution():
+    d = paired_difference([1.0, 2.0, 3.0], [0.0, 0.0, 1.0])
+    # differences 1, 2, 2: mean 5/3, sample std 1/sqrt(3), t = 5 with 2 degrees of freedom
+    assert d["mean"] == pytest.approx(5 / 3) and d["std"] == pytest.approx(3**-0.5)
+    assert d["p_value"] == pytest.approx(0.03775, abs=1e-4)
+    half = 4.302653 * (3**-0.5) / 3**0.5
+    assert (d["ci_low"], d["ci_high"]) == (pytest.approx(5 / 3 - half), pytest.approx(5 / 3 + half))
+    single = paired_difference([1.0], [0.5])
+    assert single["mean"] == 0.5 and single["std"] is None and single["p_value"] is None
+    with pytest.raises(ValueError, match="cannot be paired"):
+        paired_difference([1.0, 2.0], [1.0])
+
+
+def test_tuned_comparison_selects_on_validation_and_retrains(tmp_path):
+    """--tune: one study per model (same trials and budget), best configs retrained on new seeds."""
+    write_mnist(tmp_path / "data", n_train=1500, n_test=200)
+    proc = run_reproduce(tmp_path, "--tune", "2", "--jobs", "3")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = tmp_path / "out"
+    results = json.loads((out / "results_tuned.json").read_text())
+    assert results["protocol"]["trials_per_model"] == 2 and results["protocol"]["retrain_seeds"] == [1, 2]
+    table = (out / "table4_tuned.md").read_text()
+    for model in ("base", "dropout", "gaaf"):
+        study = results["studies"][model]
+        assert study["trials"] == {"complete": 2}
+        assert study["fit_args"][:2] == ["--trainer.max_epochs", "2"]
+        best_dir = Path(study["best"]["run_dir"])
+        assert (
+            json.loads((best_dir / "stats" / "metrics.json").read_text())["test"] == {}
+        )  # no test in trials
+        runs = results["runs"][model]
+        assert [r["seed"] for r in runs] == [1, 2]
+        for run in runs:
+            config = yaml.safe_load((Path(run["run_dir"]) / "config.yaml").read_text())
+            assert config["seed_everything"] == run["seed"]
+            lr = study["best"]["params"]["model.optimizer.init_args.lr"]
+            assert config["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(lr)  # the selected value
+        row = next(line for line in table.splitlines() if line.startswith(f"| {model} |"))
+        mean = sum(r["test_acc"] for r in runs) / 2
+        assert f"| {100 * study['best']['value']:.2f} | {mean:.2f} (" in row
+    assert "gaaf - dropout, test accuracy" in table and "paired" in table

@@ -6,6 +6,8 @@
 
 * ``table4.md``: test accuracy and epochs to converge, mean (std) over seeds, beside the paper's;
 * ``table2.md``: gradient information (mean |dE/dW|, paper Eq. 5) per layer and model;
+* ``table1.md``: node pairs per layer with |corr| above 0.9 ... 0.5 on the test set (NodeCorrelation);
+* ``table3.md``: net variance per layer under dropout, 20 masks, at the run's last probe (NetVariance);
 * ``nets_test.png``: net-value distributions per layer on the test set, base vs dropout vs GAAF;
 * ``results.json``: every per-run number, the command, package versions, hardware, wall time.
 
@@ -17,7 +19,10 @@ is that epoch's checkpoint on the official test set. A run that hits the cap is 
 
 Runs are resumable: a run whose ``stats/metrics.json`` holds test metrics is read back, not
 redone; an unfinished run directory is cleared and run again. ``fashion_mnist`` runs the same
-three configs with the Fashion-MNIST DataModule.
+three configs with the Fashion-MNIST DataModule. ``--protocol slow`` uses
+``configs/mnist_slow_{base,dropout,gaaf}.yaml`` (plain SGD, no momentum: the paper's slow regime).
+``--tune N`` compares the models after equal-budget tuning instead (:mod:`.reproduce_tune`).
+The configs are the bundled ones unless ``--configs DIR`` names another folder.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -37,29 +41,34 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from lightning_gaaf.callbacks.correlation import read_rows
 from lightning_gaaf.cli.bundled import configs_dir
+from lightning_gaaf.cli.reproduce_tables import MODELS, PAPER_TABLE4, table1, table2, table3, table4
+
+__all__ = ["MODELS", "PAPER_TABLE4", "main"]
 
 PROG = "gaaf-reproduce"
-MODELS = ("base", "dropout", "gaaf")
-#: Paper Table 4 (MNIST): test accuracy in % and epochs to converge.
-PAPER_TABLE4 = {
-    "mnist": {"base": (98.23, 82), "dropout": (98.40, 169), "gaaf": (98.35, 114)},
-}
 DATAMODULE = {
     "mnist": "lightning_gaaf.datamodules.MNISTDataModule",
     "fashion_mnist": "lightning_gaaf.datamodules.FashionMNISTDataModule",
 }
+#: protocol -> config file stem prefix (``<prefix>_<model>.yaml``)
+PROTOCOLS = {"paper": "mnist", "slow": "mnist_slow"}
+QUICK_ARGS = [
+    "--trainer.limit_train_batches", "8", "--trainer.limit_val_batches", "2",
+    "--trainer.limit_test_batches", "2", "--trainer.log_every_n_steps", "2",
+]  # fmt: skip
 
 
-def find_configs(explicit: str | None) -> Path:
-    """The folder with ``mnist_*.yaml``: ``--configs``, else the configs bundled with the package."""
+def find_configs(explicit: str | None, prefix: str = "mnist") -> Path:
+    """The folder with ``<prefix>_{base,dropout,gaaf}.yaml``: ``--configs``, else the bundled configs."""
     candidates = [Path(explicit)] if explicit else [configs_dir()]
     for folder in candidates:
-        if all((folder / f"mnist_{m}.yaml").is_file() for m in MODELS):
+        if all((folder / f"{prefix}_{m}.yaml").is_file() for m in MODELS):
             return folder
     looked = ", ".join(str(c) for c in candidates)
     raise SystemExit(
-        f"{PROG}: error: configs/mnist_{{base,dropout,gaaf}}.yaml not found (looked in {looked}); "
+        f"{PROG}: error: configs/{prefix}_{{base,dropout,gaaf}}.yaml not found (looked in {looked}); "
         "pass --configs DIR"
     )
 
@@ -68,13 +77,21 @@ def run_args(args: argparse.Namespace, configs: Path, model: str, seed: int, run
     """The ``gaaf-fit`` command line of one run (protocol overrides on top of the published config)."""
     cmd = [
         "--config",
-        str(configs / f"mnist_{model}.yaml"),
+        str(configs / f"{PROTOCOLS[args.protocol]}_{model}.yaml"),
         "--run_dir",
         str(run_dir),
         "--seed_everything",
         str(seed),
         "--data.class_path",
         DATAMODULE[args.dataset],
+    ]
+    if model == "dropout":
+        # Table 3: the config's last callback is NetVariance; these set its arguments (20 masks on one
+        # batch of 128, the paper's setting; in --quick, probes often enough to have some).
+        cmd += ["--trainer.callbacks.max_samples=128"]
+        if args.quick:
+            cmd += ["--trainer.callbacks.every_n_steps=4"]
+    cmd += [
         "--trainer.max_epochs",
         str(args.max_epochs),
         "--trainer.enable_progress_bar",
@@ -89,22 +106,15 @@ def run_args(args: argparse.Namespace, configs: Path, model: str, seed: int, run
         f"--trainer.callbacks.dirpath={run_dir / 'checkpoints'}",
         "--trainer.callbacks.filename=best-epoch{epoch:03d}",
         "--trainer.callbacks.save_top_k=1",
+        # Table 1: node correlations of every hidden layer on the test set, at the end of fit.
+        "--trainer.callbacks+=lightning_gaaf.callbacks.NodeCorrelation",
     ]
     if args.data_dir:
         cmd += ["--data.init_args.root", str(args.data_dir)]
     if args.val_size is not None:
         cmd += ["--data.init_args.val_size", str(args.val_size)]
     if args.quick:
-        cmd += [
-            "--trainer.limit_train_batches",
-            "8",
-            "--trainer.limit_val_batches",
-            "2",
-            "--trainer.limit_test_batches",
-            "2",
-            "--trainer.log_every_n_steps",
-            "2",
-        ]
+        cmd += QUICK_ARGS
     return cmd
 
 
@@ -128,6 +138,8 @@ def summarize_run(run_dir: Path, max_epochs: int) -> dict[str, Any]:
     best = min(epochs, key=lambda e: e["val/loss"])
     grad_path = run_dir / "stats" / "grad_info.json"
     grad = json.loads(grad_path.read_text()).get("summary", {}) if grad_path.is_file() else {}
+    corr_path = run_dir / "stats" / "node_correlation.csv"
+    var_path = run_dir / "stats" / "net_var.json"
     return {
         "test_acc": 100.0 * metrics["test"]["test/acc"],
         "test_loss": metrics["test"].get("test/loss"),
@@ -137,50 +149,9 @@ def summarize_run(run_dir: Path, max_epochs: int) -> dict[str, Any]:
         "epochs_trained": len(metrics["epochs"]),
         "hit_cap": len(metrics["epochs"]) >= max_epochs,
         "grad_info": grad,
+        "node_correlation": read_rows(corr_path) if corr_path.is_file() else None,
+        "net_var": json.loads(var_path.read_text()) if var_path.is_file() else None,
     }
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    values = list(values)
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def table4(dataset: str, runs: dict[str, list[dict[str, Any]]]) -> str:
-    paper = PAPER_TABLE4.get(dataset, {})
-    n = {m: len(r) for m, r in runs.items()}
-    lines = [
-        "| model | test accuracy % (ours) | epochs to converge (ours) | seeds | runs at the epoch cap "
-        "| test accuracy % (paper) | epochs (paper) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for model in MODELS:
-        if not runs.get(model):
-            continue
-        acc = _mean_std(r["test_acc"] for r in runs[model])
-        ep = _mean_std(r["epochs_to_converge"] for r in runs[model])
-        capped = sum(r["hit_cap"] for r in runs[model])
-        p_acc, p_ep = paper.get(model, (None, None))
-        lines.append(
-            f"| {model} | {acc[0]:.2f} ({acc[1]:.2f}) | {ep[0]:.1f} ({ep[1]:.1f}) | {n[model]} | {capped} "
-            f"| {'n/a' if p_acc is None else f'{p_acc:.2f}'} | {'n/a' if p_ep is None else p_ep} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def table2(runs: dict[str, list[dict[str, Any]]]) -> str:
-    layers: list[str] = []
-    for model_runs in runs.values():
-        for r in model_runs:
-            layers += [name for name in r["grad_info"] if name not in layers]
-    models = [m for m in MODELS if runs.get(m)]
-    lines = ["| layer | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
-    for layer in layers:
-        cells = []
-        for model in models:
-            values = [r["grad_info"][layer] for r in runs[model] if layer in r["grad_info"]]
-            cells.append(f"{statistics.fmean(values):.3e}" if values else "n/a")
-        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def net_figure(out: Path, run_dirs: dict[str, Path]) -> Path | None:
@@ -237,9 +208,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--out", default=None, help="output folder; default reproduce/<dataset>")
     parser.add_argument(
-        "--configs",
+        "--configs", default=None, help="folder with the mnist_*.yaml configs; default the bundled ones"
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=sorted(PROTOCOLS),
+        default="paper",
+        help="paper: configs mnist_{base,dropout,gaaf} (SGD, momentum 0.9); slow: mnist_slow_* (no momentum)",
+    )
+    parser.add_argument(
+        "--tune",
+        type=int,
         default=None,
-        help="folder with mnist_*.yaml; default the configs bundled with the package",
+        metavar="N",
+        help="equal-budget comparison: N gaaf-tune trials per model, then the best configs over --seeds seeds",
+    )
+    parser.add_argument("--tune-epochs", type=int, default=5, help="epochs of every tuning trial; default 5")
+    parser.add_argument(
+        "--tune-pruner", default="median:5:1", help="pruner of the tuning studies (gaaf-tune --pruner)"
     )
     parser.add_argument(
         "--val-size",
@@ -251,13 +237,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 2 epochs, a few batches")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seeds = min(args.seeds, 1)
+        args.seeds = min(args.seeds, 1 if args.tune is None else 2)
         args.max_epochs, args.patience = min(args.max_epochs, 2), min(args.patience, 1)
+        args.tune_epochs = min(args.tune_epochs, 2)
         args.val_size = 500 if args.val_size is None else args.val_size
-    if args.seeds < 1 or args.max_epochs < 1 or args.patience < 1 or args.jobs < 1:
-        parser.error("--seeds, --max-epochs, --patience and --jobs must be >= 1")
+    if min(args.seeds, args.max_epochs, args.patience, args.jobs, args.tune_epochs, args.tune or 1) < 1:
+        parser.error("--seeds, --max-epochs, --patience, --jobs, --tune and --tune-epochs must be >= 1")
     args.data_dir = args.data_dir or os.environ.get("GAAF_DATA_DIR")
-    configs = find_configs(args.configs)
+    configs = find_configs(args.configs, PROTOCOLS[args.protocol])
     out = Path(args.out or Path("reproduce") / args.dataset)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -267,6 +254,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     env.setdefault("OMP_NUM_THREADS", str(threads))
     if args.quick:
         env.setdefault("WANDB_MODE", "disabled")
+    if args.tune is not None:
+        from lightning_gaaf.cli.reproduce_tune import run_tuned
+
+        run_tuned(args, configs, out, env, DATAMODULE[args.dataset], QUICK_ARGS if args.quick else [])
+        print(f"{PROG}: wrote {out / 'table4_tuned.md'}, {out / 'results_tuned.json'}")
+        return
 
     started = time.time()
     jobs: list[tuple[str, int, Path, list[str]]] = []
@@ -315,12 +308,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     (out / "table4.md").write_text(table4(args.dataset, per_model))
     (out / "table2.md").write_text(table2(per_model))
+    (out / "table1.md").write_text(table1(per_model))
+    (out / "table3.md").write_text(table3(per_model))
     figure = net_figure(out, {m: out / "runs" / m / "seed_0" for m in MODELS})
     results = {
         "dataset": args.dataset,
         "command": " ".join([PROG, *(sys.argv[1:] if argv is None else argv)]),
         "protocol": {
-            "models": {m: f"configs/mnist_{m}.yaml" for m in MODELS},
+            "models": {m: f"configs/{PROTOCOLS[args.protocol]}_{m}.yaml" for m in MODELS},
             "early_stopping": {"monitor": "val/loss", "patience": args.patience},
             "max_epochs": args.max_epochs,
             "epochs_to_converge": "epoch (1-based) with the lowest val/loss",
@@ -337,8 +332,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print((out / "table4.md").read_text())
     print(
-        f"{PROG}: wrote {out / 'table4.md'}, {out / 'table2.md'}, {out / 'results.json'}"
-        + (f", {figure}" if figure else "")
+        f"{PROG}: wrote {out / 'table4.md'}, {out / 'table2.md'}, {out / 'table1.md'}, {out / 'table3.md'}, "
+        f"{out / 'results.json'}" + (f", {figure}" if figure else "")
     )
 
 

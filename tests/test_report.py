@@ -9,13 +9,14 @@ import matplotlib.image as mpimg
 import pytest
 from _monitor_helpers import TinyData, TinyModule, mlp, monitors, trainer
 
-from lightning_gaaf.callbacks.history import MetricsHistory
+from lightning_gaaf.callbacks import GradScaleMonitor, MetricsMonitor
 from lightning_gaaf.cli.report import main, run_labels
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = {
     "metrics",
     "grad_info",
+    "grad_scale",
     "saturation",
     "net_hist_test",
     "net_var",
@@ -31,10 +32,11 @@ def two_runs(tmp_path_factory):
     dirs = []
     for name, dropout in (("base", 0.0), ("dropout", 0.3)):
         run_dir = root / name / "version_0"
-        callbacks = [*monitors(), MetricsHistory()]  # metrics.json: 2 epochs of 2 steps
-        trainer(run_dir, callbacks, max_steps=4).fit(
-            TinyModule(mlp(dropout=dropout)), datamodule=TinyData(n_train=16, batch_size=8)
-        )
+        callbacks = [*monitors(), GradScaleMonitor(), MetricsMonitor()]  # metrics.json: 2 epochs of 2 steps
+        fit = trainer(run_dir, callbacks, max_steps=4)
+        model, data = TinyModule(mlp(dropout=dropout)), TinyData(n_train=16, batch_size=8)
+        fit.fit(model, datamodule=data)
+        fit.test(model, datamodule=data)
         shutil.rmtree(run_dir / "report")  # the report must come from stats/ alone
         dirs.append(run_dir)
     return dirs

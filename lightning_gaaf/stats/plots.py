@@ -32,6 +32,9 @@ __all__ = [
     "plot_node_correlation",
     "plot_saturation",
     "plot_weight_hist",
+    "metrics_figure",
+    "saturation_figure",
+    "save_figure",
 ]
 
 
@@ -56,11 +59,20 @@ def _figure(n: int, title: str) -> tuple[Figure, list[Axes]]:
     return fig, axes[:n]
 
 
-def _finish(fig: Figure, axes: Sequence[Axes], runs: Sequence[Run], path: Path) -> Path:
+def _legend(fig: Figure, axes: Sequence[Axes], runs: Sequence[Run]) -> Figure:
     if any(label for label, _ in runs) and axes:
         handles, labels = axes[0].get_legend_handles_labels()
         if handles:
             fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4))
+    return fig
+
+
+def _finish(fig: Figure, axes: Sequence[Axes], runs: Sequence[Run], path: Path) -> Path:
+    return save_figure(_legend(fig, axes, runs), path)
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG (parent directories created) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -77,13 +89,12 @@ def _color(i: int) -> str:
 
 def _lines(
     runs: Sequence[Run],
-    path: Path,
     title: str,
     ylabel: str,
     values: Callable[[Any, str], Sequence],
     log: bool = False,
     fraction: bool = False,
-) -> Path:
+) -> Figure:
     layers = _layers(runs, lambda s: s["layers"])
     fig, axes = _figure(len(layers), title)
     for ax, layer in zip(axes, layers, strict=True):
@@ -100,21 +111,26 @@ def _lines(
         ax.set_title(layer, fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
-    return _finish(fig, axes, runs, path)
+    return _legend(fig, axes, runs)
 
 
 def plot_grad_info(runs: Sequence[Run], path: Path) -> Path:
     """Gradient information (mean |dE/dW|, paper Eq. 5) per weight layer over steps."""
-    return _lines(
-        runs, path, "gradient information per layer", "mean |dE/dW|", lambda s, n: s["layers"][n], log=True
+    figure = _lines(
+        runs, "gradient information per layer", "mean |dE/dW|", lambda s, n: s["layers"][n], log=True
     )
+    return save_figure(figure, path)
 
 
 def plot_saturation(runs: Sequence[Run], path: Path) -> Path:
     """Fraction of nets in the saturation area per activation layer over steps."""
+    return save_figure(saturation_figure(runs), path)
+
+
+def saturation_figure(runs: Sequence[Run]) -> Figure:
+    """The figure of :func:`plot_saturation`: one panel per layer, y fixed to [0, 1]."""
     return _lines(
         runs,
-        path,
         "saturated nets per layer",
         "fraction saturated",
         lambda s, n: s["layers"][n]["saturation"],
@@ -124,7 +140,9 @@ def plot_saturation(runs: Sequence[Run], path: Path) -> Path:
 
 def plot_net_var(runs: Sequence[Run], path: Path) -> Path:
     """Per-node variance of the net under dropout (paper Table 3) per layer over steps."""
-    return _lines(runs, path, "net variance under dropout", "variance of net", lambda s, n: s["layers"][n])
+    return save_figure(
+        _lines(runs, "net variance under dropout", "variance of net", lambda s, n: s["layers"][n]), path
+    )
 
 
 def plot_net_hist(runs: Sequence[Run], path: Path) -> Path:
@@ -200,14 +218,14 @@ def plot_weight_hist(runs: Sequence[Run], path: Path) -> Path:
 
 def plot_grad_scale(runs: Sequence[Run], path: Path) -> Path:
     """Gradient information of each layer relative to the last weight layer, over steps (log axis)."""
-    return _lines(
+    figure = _lines(
         runs,
-        path,
         "gradient information relative to the last layer",
         "ratio",
         lambda s, n: s["layers"][n],
         log=True,
     )
+    return save_figure(figure, path)
 
 
 def plot_node_correlation(runs: Sequence[Run], path: Path) -> Path:
@@ -239,6 +257,11 @@ _METRIC_ORDER = ("train/loss", "val/loss", "train/acc", "val/acc")
 
 def plot_metrics(runs: Sequence[Run], path: Path) -> Path:
     """Epoch metrics of ``stats/metrics.json`` (loss, accuracy, ...) over epochs; test metrics in the title."""
+    return save_figure(metrics_figure(runs), path)
+
+
+def metrics_figure(runs: Sequence[Run]) -> Figure:
+    """The figure of :func:`plot_metrics`: one panel per metric, integer epoch ticks, accuracies on [0, 1]."""
     keys = _layers(runs, lambda s: [k for r in s["epochs"] for k in r if k not in ("epoch", "step")])
     keys = [k for k in _METRIC_ORDER if k in keys] + sorted(k for k in keys if k not in _METRIC_ORDER)
     fig, axes = _figure(len(keys), "training curves")
@@ -258,4 +281,4 @@ def plot_metrics(runs: Sequence[Run], path: Path) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch")
-    return _finish(fig, axes, runs, path)
+    return _legend(fig, axes, runs)

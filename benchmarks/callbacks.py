@@ -5,12 +5,14 @@ in-memory data, a real ``pl.Trainer`` (no progress bar, no checkpointing, no val
 logger is ``WandbLogger(offline=True)`` on both sides: it is the most expensive sink (histograms and
 images are only built for W&B), so the overhead measured is the one users with W&B pay.
 
-Monitors: ``GradientInformation()``, ``SaturationMonitor()`` (every ``log_every_n_steps`` = 50
-steps), ``NetVariance()`` (20 probe forwards every 100 steps), ``WeightHistograms()`` and
-``NodeCorrelation()`` (once per fit). Step time is the wall time from the start of batch
-``--warmup`` to the start of batch ``--warmup + --steps``: 100 steps hold exactly two logging steps
-and one NetVariance probe, the defaults' steady-state rate. Fit setup and the end-of-fit passes
-are excluded (they run once per fit, not per step). Short fits with and without monitors alternate
+Monitors: ``GradInfoMonitor()``, ``GradScaleMonitor()``, ``SaturationMonitor()`` (every
+``log_every_n_steps`` = 50 steps), ``NetVarMonitor()`` (20 probe forwards every 100 steps),
+``WeightHistMonitor()`` (start and end of fit) and ``NodeCorrelationMonitor()`` (in the test loop
+only: no cost in training). Step time is the wall time from the start of batch ``--warmup`` to the
+start of batch ``--warmup + --steps``: 100 steps hold exactly two logging steps and one
+NetVarMonitor probe, the defaults' steady-state rate. Fit setup and end are excluded (once per fit,
+not per step). The test-set statistics add no pass over the data: they are collected in
+``trainer.test``, which a run makes anyway. Short fits with and without monitors alternate
 in one process, all logging into one offline W&B run; the median of the per-pair ratios is
 printed. One intra-op thread by default (``--threads``) so a busy machine slows both sides alike.
 
@@ -38,20 +40,22 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gaaf.callbacks import (
-    GradientInformation,
-    NetVariance,
-    NodeCorrelation,
+    GradInfoMonitor,
+    GradScaleMonitor,
+    NetVarMonitor,
+    NodeCorrelationMonitor,
     SaturationMonitor,
-    WeightHistograms,
+    WeightHistMonitor,
 )
 
 BATCH_SIZE = 128
 MONITORS: dict[str, Callable[[], pl.Callback]] = {
-    "GradientInformation": GradientInformation,
+    "GradInfoMonitor": GradInfoMonitor,
+    "GradScaleMonitor": GradScaleMonitor,
     "SaturationMonitor": SaturationMonitor,
-    "NetVariance": NetVariance,
-    "WeightHistograms": WeightHistograms,
-    "NodeCorrelation": NodeCorrelation,
+    "NetVarMonitor": NetVarMonitor,
+    "WeightHistMonitor": WeightHistMonitor,
+    "NodeCorrelationMonitor": NodeCorrelationMonitor,
 }
 
 

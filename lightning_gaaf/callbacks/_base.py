@@ -27,6 +27,8 @@ class Monitor(Callback):
     """
 
     statistic: ClassVar[str]
+    #: Whether :meth:`summary` only repeats scalars already logged (then only W&B's summary gets it).
+    summary_is_logged: ClassVar[bool] = False
 
     def _state_key_args(self) -> dict[str, Any]:
         return {}
@@ -56,7 +58,7 @@ class Monitor(Callback):
         write_stats(stats_dir(trainer), self.statistic, stats, partial=partial)
         images = self.draw(stats, report_dir(trainer))
         if not partial:
-            log_summary(trainer, self.summary())
+            log_summary(trainer, self.summary(), others=not self.summary_is_logged)
             log_images(trainer, images, trainer.global_step)
 
     def release(self) -> None:

@@ -1,9 +1,8 @@
 """Where the monitors' numbers go: every Lightning logger, ``trainer.callback_metrics``, W&B and
 TensorBoard media, and the run directory.
 
-Scalars reach every logger through ``logger.log_metrics`` and, on every rank, ``callback_metrics``
-(through ``pl_module.log(..., logger=False)``, so ``EarlyStopping`` / ``ModelCheckpoint`` can watch
-them). Histograms and images go to :class:`~pytorch_lightning.loggers.WandbLogger` and
+Scalars reach every logger through ``logger.log_metrics`` and, on every rank,
+``trainer.callback_metrics`` (so ``EarlyStopping`` / ``ModelCheckpoint`` can watch them). Histograms and images go to :class:`~pytorch_lightning.loggers.WandbLogger` and
 :class:`~pytorch_lightning.loggers.TensorBoardLogger`; other loggers (CSV, MLflow, ...) have no such
 media and skip them.
 """
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor
 
@@ -35,27 +35,18 @@ def finite(scalars: Mapping[str, float | None]) -> dict[str, float]:
     return {k: float(v) for k, v in scalars.items() if v is not None and math.isfinite(v)}
 
 
-def log_scalars(
-    trainer: pl.Trainer,
-    pl_module: pl.LightningModule,
-    scalars: Mapping[str, float | None],
-    step: int,
-    epoch_level: bool = False,
-) -> None:
+def log_scalars(trainer: pl.Trainer, scalars: Mapping[str, float | None], step: int) -> None:
     """Finite scalars to every logger at ``step`` (rank 0) and to ``trainer.callback_metrics`` (all ranks).
 
-    Call from a hook in which ``LightningModule.log`` is allowed; ``epoch_level`` for epoch-end hooks
-    of the evaluation loops (the values are already reduced across ranks, so averaging them over
-    ranks changes nothing).
+    ``callback_metrics`` is the dict ``EarlyStopping`` and ``ModelCheckpoint`` read; the values are
+    written into it directly rather than through ``LightningModule.log``: every key logged that way
+    is carried by Lightning's result collection and re-read at every later batch of the epoch,
+    which would make the monitors cost time on steps where they record nothing.
     """
     clean = finite(scalars)
     if not clean:
         return
-    for key, value in clean.items():
-        if epoch_level:
-            pl_module.log(key, value, logger=False, on_step=False, on_epoch=True, sync_dist=True)
-        else:
-            pl_module.log(key, value, logger=False, on_step=True, on_epoch=False)
+    trainer.callback_metrics.update({key: torch.tensor(value) for key, value in clean.items()})
     log_to_loggers(trainer, clean, step)
 
 
@@ -163,8 +154,9 @@ def log_table(
             )
 
 
-def log_summary(trainer: pl.Trainer, metrics: Mapping[str, float | None]) -> None:
-    """Whole-run numbers: the W&B run summary for WandbLogger, ``log_metrics`` for other loggers."""
+def log_summary(trainer: pl.Trainer, metrics: Mapping[str, float | None], others: bool = True) -> None:
+    """Whole-run numbers: the W&B run summary for WandbLogger; ``log_metrics`` for other loggers
+    unless ``others`` is False (the values were logged as scalars already)."""
     clean = finite(metrics)
     if not clean or not trainer.is_global_zero:
         return
@@ -172,7 +164,7 @@ def log_summary(trainer: pl.Trainer, metrics: Mapping[str, float | None]) -> Non
         if isinstance(logger, WandbLogger):
             for key, value in clean.items():
                 logger.experiment.summary[key] = value
-        else:
+        elif others:
             logger.log_metrics(clean, step=trainer.global_step)
 
 

@@ -161,7 +161,7 @@ class NodeCorrelationMonitor(Monitor):
             for r in self.rows
             if r["total_pairs"]
         }
-        log_scalars(trainer, pl_module, shares, trainer.global_step, epoch_level=True)
+        log_scalars(trainer, shares, trainer.global_step)
         log_table(
             trainer,
             "gaaf/node_correlation",

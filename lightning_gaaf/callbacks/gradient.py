@@ -82,7 +82,7 @@ class GradInfoMonitor(StepHistory):
         self.steps.append(step)
         for name, value in values.items():
             self.history[name].append(value)
-        log_scalars(trainer, pl_module, {f"gaaf/grad_info/{name}": v for name, v in values.items()}, step)
+        log_scalars(trainer, {f"gaaf/grad_info/{name}": v for name, v in values.items()}, step)
 
     @override
     def summary(self) -> dict[str, float]:

@@ -134,7 +134,7 @@ class GradScaleMonitor(StepHistory):
         self.steps.append(step)
         for name, ratio in ratios.items():
             self.history[name].append(ratio)
-        log_scalars(trainer, pl_module, {f"gaaf/grad_scale/{n}": r for n, r in ratios.items()}, step)
+        log_scalars(trainer, {f"gaaf/grad_scale/{n}": r for n, r in ratios.items()}, step)
         problems = self._problems(step, values, ratios, with_grad)
         if problems and not self.warnings:
             message = self._message(step, problems)

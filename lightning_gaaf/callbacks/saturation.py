@@ -181,6 +181,7 @@ class SaturationMonitor(StepHistory):
     """
 
     statistic = "saturation"
+    summary_is_logged = True
 
     def __init__(
         self,
@@ -282,7 +283,7 @@ class SaturationMonitor(StepHistory):
     ) -> None:
         step = trainer.global_step
         if self._pending_step is not None and step != self._pending_step:
-            self._flush(trainer, pl_module)
+            self._flush(trainer)
         if self._layers and is_log_step(step, self._every) and self.record_step(step):
             self._acc.attach(self._layers, self._hooks)
             self._pending_step = step
@@ -293,40 +294,32 @@ class SaturationMonitor(StepHistory):
     ) -> None:
         self._hooks.remove()
         if self._pending_step is not None and trainer.global_step != self._pending_step:
-            self._flush(trainer, pl_module)
+            self._flush(trainer)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pending_step is not None:
-            self._flush(trainer, pl_module)
+            self._flush(trainer)
 
-    def _flush(self, trainer: pl.Trainer, pl_module: pl.LightningModule | None) -> None:
-        """Reduce the pending step's sums over ranks, append them to the history and log them
-        (``pl_module=None``: record only, outside the hooks where Lightning allows logging)."""
+    def _flush(self, trainer: pl.Trainer) -> None:
+        """Reduce the pending step's sums over ranks, append them to the history and log them."""
         step, self._pending_step = self._pending_step, None
         stats = self._acc.summarize(self._acc.reduce(trainer))
         self.steps.append(step)
         for name, s in stats.items():
             for key in self.history[name]:
                 self.history[name][key].append(s[key])
-        if pl_module is not None:
-            self._log(trainer, pl_module, stats, "", step, epoch_level=False)
+        self._log(trainer, stats, "", step)
 
     def _log(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        stats: Mapping[str, Mapping[str, Any]],
-        suffix: str,
-        step: int,
-        epoch_level: bool,
+        self, trainer: pl.Trainer, stats: Mapping[str, Mapping[str, Any]], suffix: str, step: int
     ) -> None:
         metrics = {}
         for name, s in stats.items():
             metrics[f"gaaf/saturation{suffix}/{name}"] = s["saturation"]
             metrics[f"gaaf/net_mean{suffix}/{name}"] = s["mean"]
             metrics[f"gaaf/net_std{suffix}/{name}"] = s["std"]
-        log_scalars(trainer, pl_module, metrics, step, epoch_level=epoch_level)
+        log_scalars(trainer, metrics, step)
         if wants_media(trainer):
             hists = {f"gaaf/net_hist{suffix}/{name}": (s["hist"], self.edges) for name, s in stats.items()}
             sums = {f"gaaf/net_hist{suffix}/{name}": (s["sum"], s["sumsq"]) for name, s in stats.items()}
@@ -336,7 +329,7 @@ class SaturationMonitor(StepHistory):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._hooks.remove()
         if self._pending_step is not None:
-            self._flush(trainer, None)
+            self._flush(trainer)
         self.save(trainer)
 
     @override

@@ -174,7 +174,7 @@ class NetVarMonitor(StepHistory):
         self.steps.append(step)
         for name, value in values.items():
             self.history[name].append(value)
-        log_scalars(trainer, pl_module, {f"gaaf/net_var/{name}": v for name, v in values.items()}, step)
+        log_scalars(trainer, {f"gaaf/net_var/{name}": v for name, v in values.items()}, step)
 
     def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> dict[str, float]:
         """Mean per-node net variance of each layer over ``repeats`` forwards of ``batch``."""

@@ -354,9 +354,7 @@ class SaturationMonitor(StepHistory):
         if acc is None:
             return
         self.eval_stats = acc.summarize(acc.reduce(trainer))
-        self._log(
-            trainer, pl_module, self.eval_stats, f"_{self.split}", trainer.global_step, epoch_level=True
-        )
+        self._log(trainer, self.eval_stats, f"_{self.split}", trainer.global_step)
 
     @override
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -35,8 +35,16 @@ def finite(scalars: Mapping[str, float | None]) -> dict[str, float]:
     return {k: float(v) for k, v in scalars.items() if v is not None and math.isfinite(v)}
 
 
-def log_scalars(trainer: pl.Trainer, scalars: Mapping[str, float | None], step: int) -> None:
-    """Finite scalars to every logger at ``step`` (rank 0) and to ``trainer.callback_metrics`` (all ranks).
+def log_scalars(
+    trainer: pl.Trainer,
+    scalars: Mapping[str, float | None],
+    step: int,
+    histograms: Mapping[str, Histogram] | None = None,
+    sums: Mapping[str, tuple[float, float]] | None = None,
+) -> None:
+    """One step's numbers: finite scalars to every logger at ``step`` (rank 0) and to
+    ``trainer.callback_metrics`` (all ranks); ``histograms`` (see :func:`log_histograms`) to W&B, in
+    the same record as the scalars, and to TensorBoard.
 
     ``callback_metrics`` is the dict ``EarlyStopping`` and ``ModelCheckpoint`` read; the values are
     written into it directly rather than through ``LightningModule.log``: every key logged that way
@@ -44,10 +52,18 @@ def log_scalars(trainer: pl.Trainer, scalars: Mapping[str, float | None], step: 
     which would make the monitors cost time on steps where they record nothing.
     """
     clean = finite(scalars)
-    if not clean:
-        return
     trainer.callback_metrics.update({key: torch.tensor(value) for key, value in clean.items()})
-    log_to_loggers(trainer, clean, step)
+    if not trainer.is_global_zero:
+        return
+    hists = _nonempty(histograms or {})
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            media = _wandb_histograms(hists)
+            if clean or media:
+                logger.experiment.log({**clean, **media, "trainer/global_step": step})
+        elif clean:
+            logger.log_metrics(clean, step=step)
+    _tensorboard_histograms(trainer, hists, step, sums)
 
 
 def log_to_loggers(trainer: pl.Trainer, scalars: Mapping[str, float | None], step: int) -> None:
@@ -73,28 +89,25 @@ def wants_media(trainer: pl.Trainer) -> bool:
     return bool(_wandb(trainer) or _tensorboard(trainer))
 
 
-def log_histograms(
-    trainer: pl.Trainer,
-    histograms: Mapping[str, Histogram],
-    step: int,
-    sums: Mapping[str, tuple[float, float]] | None = None,
-) -> None:
-    """Histograms on given edges to W&B (``wandb.Histogram``) and TensorBoard (``add_histogram_raw``).
-
-    ``sums`` optionally gives ``(sum, sum of squares)`` of the values per key (TensorBoard shows
-    them); otherwise they are estimated from the bin centres. Empty histograms are skipped.
-    """
+def _nonempty(histograms: Mapping[str, Histogram]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     hists = {k: (np.asarray(c, dtype=float), np.asarray(e, dtype=float)) for k, (c, e) in histograms.items()}
-    hists = {k: (c, e) for k, (c, e) in hists.items() if c.sum() > 0}
-    if not hists:
-        return
-    runs = _wandb(trainer)
-    if runs:
-        import wandb
+    return {k: (c, e) for k, (c, e) in hists.items() if c.sum() > 0}
 
-        payload = {k: wandb.Histogram(np_histogram=(c, e)) for k, (c, e) in hists.items()}
-        for logger in runs:
-            logger.experiment.log({**payload, "trainer/global_step": step})
+
+def _wandb_histograms(hists: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    if not hists:
+        return {}
+    import wandb
+
+    return {k: wandb.Histogram(np_histogram=(c, e)) for k, (c, e) in hists.items()}
+
+
+def _tensorboard_histograms(
+    trainer: pl.Trainer,
+    hists: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    step: int,
+    sums: Mapping[str, tuple[float, float]] | None,
+) -> None:
     for logger in _tensorboard(trainer):
         writer = logger.experiment
         for key, (counts, edges) in hists.items():
@@ -114,6 +127,19 @@ def log_histograms(
                 bucket_counts=counts.tolist(),
                 global_step=step,
             )
+
+
+def log_histograms(
+    trainer: pl.Trainer,
+    histograms: Mapping[str, Histogram],
+    step: int,
+    sums: Mapping[str, tuple[float, float]] | None = None,
+) -> None:
+    """Histograms on given edges to W&B (``wandb.Histogram``) and TensorBoard (``add_histogram_raw``),
+    rank 0. ``sums`` optionally gives ``(sum, sum of squares)`` of the values per key (TensorBoard
+    shows them); otherwise they are estimated from the bin centres. Empty histograms are skipped."""
+    if trainer.is_global_zero:
+        log_scalars(trainer, {}, step, histograms, sums)
 
 
 def log_images(trainer: pl.Trainer, images: Mapping[str, Path], step: int) -> None:

@@ -27,7 +27,7 @@ from lightning_gaaf.callbacks._args import (
 from lightning_gaaf.callbacks._base import StepHistory
 from lightning_gaaf.callbacks._hooks import HookSet, in_extra_forward
 from lightning_gaaf.callbacks._layers import activation_modules, plain_activation, require_layers
-from lightning_gaaf.callbacks._loggers import all_reduce_sum, log_histograms, log_scalars, wants_media
+from lightning_gaaf.callbacks._loggers import all_reduce_sum, log_scalars, wants_media
 from lightning_gaaf.callbacks.thresholds import Interval, check_override, resolve_intervals
 from lightning_gaaf.stats import plots
 
@@ -319,11 +319,11 @@ class SaturationMonitor(StepHistory):
             metrics[f"gaaf/saturation{suffix}/{name}"] = s["saturation"]
             metrics[f"gaaf/net_mean{suffix}/{name}"] = s["mean"]
             metrics[f"gaaf/net_std{suffix}/{name}"] = s["std"]
-        log_scalars(trainer, metrics, step)
+        hists = sums = None
         if wants_media(trainer):
             hists = {f"gaaf/net_hist{suffix}/{name}": (s["hist"], self.edges) for name, s in stats.items()}
             sums = {f"gaaf/net_hist{suffix}/{name}": (s["sum"], s["sumsq"]) for name, s in stats.items()}
-            log_histograms(trainer, hists, step, sums)
+        log_scalars(trainer, metrics, step, hists, sums)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -55,9 +55,11 @@ class WeightHistMonitor(Monitor):
     def _capture(self, trainer: pl.Trainer, when: str) -> None:
         if not trainer.is_global_zero:
             return
+        captured = []
         for name, layer in self._layers.items():
             if when == "init" and "init" in self.records.get(name, {}):
-                continue  # a resumed fit keeps the first start
+                continue  # a resumed fit keeps the first start (and does not log it again)
+            captured.append(name)
             w = layer.weight.detach().float().cpu().numpy().ravel()
             counts, edges = np.histogram(w, bins=self.bins)
             self.records.setdefault(name, {})[when] = {
@@ -68,9 +70,11 @@ class WeightHistMonitor(Monitor):
                 "numel": int(w.size),
             }
         hists = {
-            f"gaaf/weight_hist/{name}": (rec[when]["counts"], rec[when]["edges"])
-            for name, rec in self.records.items()
-            if when in rec and name in self._layers
+            f"gaaf/weight_hist/{name}": (
+                self.records[name][when]["counts"],
+                self.records[name][when]["edges"],
+            )
+            for name in captured
         }
         log_histograms(trainer, hists, trainer.global_step)
 

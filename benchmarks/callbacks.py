@@ -5,14 +5,18 @@ in-memory data, a real ``pl.Trainer`` (no progress bar, no checkpointing, no val
 logger is ``WandbLogger(offline=True)`` on both sides: it is the most expensive sink (histograms and
 images are only built for W&B), so the overhead measured is the one users with W&B pay.
 
-Monitors: ``GradientInformation()``, ``SaturationMonitor()`` (every ``log_every_n_steps`` = 50
-steps), ``NetVariance()`` (20 probe forwards every 100 steps), ``WeightHistograms()`` and
-``NodeCorrelation()`` (once per fit). Step time is the wall time from the start of batch
-``--warmup`` to the start of batch ``--warmup + --steps``: 100 steps hold exactly two logging steps
-and one NetVariance probe, the defaults' steady-state rate. Fit setup and the end-of-fit passes
-are excluded (they run once per fit, not per step). Short fits with and without monitors alternate
+Monitors: ``GradInfoMonitor()``, ``GradScaleMonitor()``, ``SaturationMonitor()`` (every
+``log_every_n_steps`` = 50 steps), ``NetVarMonitor()`` (20 probe forwards every 100 steps),
+``WeightHistMonitor()`` (start and end of fit) and ``NodeCorrelationMonitor()`` (in the test loop
+only: no cost in training). Step time is the wall time from the start of batch ``--warmup`` to the
+start of batch ``--warmup + --steps``: 100 steps hold exactly two logging steps and one
+NetVarMonitor probe, the defaults' steady-state rate. Fit setup and end are excluded (once per fit,
+not per step). The test-set statistics add no pass over the data: they are collected in
+``trainer.test``, which a run makes anyway. Short fits with and without monitors alternate
 in one process, all logging into one offline W&B run; the median of the per-pair ratios is
-printed. One intra-op thread by default (``--threads``) so a busy machine slows both sides alike.
+printed, for wall time and for this process's CPU time (on a machine shared with other work the
+CPU-time ratio is the steadier one; W&B's own service process is only in the wall time). One
+intra-op thread by default (``--threads``) so a busy machine slows both sides alike.
 
 Usage: ``python benchmarks/callbacks.py [--repeats 15] [--steps 100] [--warmup 10] [--each]``
 (``--each`` also times every monitor alone).
@@ -38,20 +42,22 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gaaf.callbacks import (
-    GradientInformation,
-    NetVariance,
-    NodeCorrelation,
+    GradInfoMonitor,
+    GradScaleMonitor,
+    NetVarMonitor,
+    NodeCorrelationMonitor,
     SaturationMonitor,
-    WeightHistograms,
+    WeightHistMonitor,
 )
 
 BATCH_SIZE = 128
 MONITORS: dict[str, Callable[[], pl.Callback]] = {
-    "GradientInformation": GradientInformation,
+    "GradInfoMonitor": GradInfoMonitor,
+    "GradScaleMonitor": GradScaleMonitor,
     "SaturationMonitor": SaturationMonitor,
-    "NetVariance": NetVariance,
-    "WeightHistograms": WeightHistograms,
-    "NodeCorrelation": NodeCorrelation,
+    "NetVarMonitor": NetVarMonitor,
+    "WeightHistMonitor": WeightHistMonitor,
+    "NodeCorrelationMonitor": NodeCorrelationMonitor,
 }
 
 
@@ -104,17 +110,18 @@ class StepClock(pl.Callback):
 
     def __init__(self, warmup: int, last: int) -> None:
         self.warmup, self.last = warmup, last
-        self.start = self.seconds = 0.0
+        self.start = self.seconds = self.cpu_start = self.cpu_seconds = 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup:
-            self.start = time.perf_counter()
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
         elif trainer.global_step == self.last:
             self.seconds = time.perf_counter() - self.start
+            self.cpu_seconds = time.process_time() - self.cpu_start
 
 
-def step_time(names: list[str], steps: int, warmup: int, logger: WandbLogger) -> float:
-    """Seconds per training step with the named monitors."""
+def step_time(names: list[str], steps: int, warmup: int, logger: WandbLogger) -> tuple[float, float]:
+    """Wall and CPU (this process) seconds per training step with the named monitors."""
     clock = StepClock(warmup, warmup + steps)
     with tempfile.TemporaryDirectory() as root:
         trainer = pl.Trainer(
@@ -132,7 +139,7 @@ def step_time(names: list[str], steps: int, warmup: int, logger: WandbLogger) ->
         )
         pl.seed_everything(0, verbose=False)
         trainer.fit(Classifier(), datamodule=Data(n_train=BATCH_SIZE * (warmup + steps + 1)))
-    return clock.seconds / steps
+    return clock.seconds / steps, clock.cpu_seconds / steps
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -157,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.each:
         configs.update({name: [name] for name in MONITORS})
     ratios: dict[str, list[float]] = {name: [] for name in configs}
+    cpu_ratios: dict[str, list[float]] = {name: [] for name in configs}
     base_times: list[float] = []
     with tempfile.TemporaryDirectory() as root:
         logger = WandbLogger(offline=True, save_dir=root, project="gaaf-benchmark")
@@ -169,17 +177,23 @@ def main(argv: list[str] | None = None) -> None:
                 else:
                     timed = step_time(monitors, args.steps, args.warmup, logger)
                     base = step_time([], args.steps, args.warmup, logger)
-                base_times.append(base)
-                ratios[name].append(timed / base)
-                print(f"repeat {r + 1}: {name}: {1e3 * timed:.2f} vs {1e3 * base:.2f} ms/step", flush=True)
+                base_times.append(base[0])
+                ratios[name].append(timed[0] / base[0])
+                cpu_ratios[name].append(timed[1] / base[1])
+                print(
+                    f"repeat {r + 1}: {name}: {1e3 * timed[0]:.2f} vs {1e3 * base[0]:.2f} ms/step wall, "
+                    f"{1e3 * timed[1]:.2f} vs {1e3 * base[1]:.2f} ms/step CPU",
+                    flush=True,
+                )
         wandb.finish()
     print(
         f"\nmedian step time without monitors: {1e3 * statistics.median(base_times):.2f} ms (batch {BATCH_SIZE})"
     )
     for name, values in ratios.items():
-        median = statistics.median(values)
+        median, cpu = statistics.median(values), statistics.median(cpu_ratios[name])
         print(
-            f"{name}: median ratio {median:.3f} -> overhead {100 * (median - 1):+.1f} % over {len(values)} pairs"
+            f"{name}: median ratio {median:.3f} wall ({100 * (median - 1):+.1f} %), {cpu:.3f} CPU time of "
+            f"this process ({100 * (cpu - 1):+.1f} %) over {len(values)} pairs"
         )
 
 

@@ -17,13 +17,15 @@ from torch import nn
 
 from lightning_gaaf import GAAF, apply_gaaf
 from lightning_gaaf.callbacks import (
-    GradientInformation,
-    NetVariance,
-    NodeCorrelation,
+    GradInfoMonitor,
+    GradScaleMonitor,
+    NetVarMonitor,
+    NodeCorrelationMonitor,
     SaturationMonitor,
-    WeightHistograms,
+    WeightHistMonitor,
     saturation_intervals,
 )
+from lightning_gaaf.stats import SCHEMA_VERSION, read_stats
 
 Z_TANH = math.atanh(math.sqrt(0.9))  # tanh'(z*) = 0.1 * tanh'(0)
 
@@ -128,7 +130,7 @@ def test_saturation_intervals_follow_the_derivative_rule(module):
 
 
 # ------------------------------------------------------------------------------------------------
-# GradientInformation
+# GradInfoMonitor
 # ------------------------------------------------------------------------------------------------
 
 
@@ -138,7 +140,7 @@ def test_grad_info_equals_mean_abs_gradient_of_each_layer(tmp_path):
     reference = copy.deepcopy(backbone)
     data = TinyData(dim=3, classes=2, batch_size=8, n_train=32)
     logger = CSVLogger(tmp_path, name="csv", version=0)
-    monitor = GradientInformation(log_every_n_steps=1)
+    monitor = GradInfoMonitor(log_every_n_steps=1)
     trainer(tmp_path, [monitor], max_steps=3, logger=logger).fit(
         TinyModule(backbone, lr=0.05), datamodule=data
     )
@@ -177,7 +179,7 @@ def test_grad_info_equals_mean_abs_gradient_of_each_layer(tmp_path):
 
 @pytest.mark.parametrize(("every", "trainer_every", "steps"), [(2, 1, [1, 3]), (None, 3, [2])])
 def test_grad_info_interval_follows_lightning_convention(tmp_path, every, trainer_every, steps):
-    monitor = GradientInformation(log_every_n_steps=every)
+    monitor = GradInfoMonitor(log_every_n_steps=every)
     trainer(tmp_path, [monitor], max_steps=5, log_every_n_steps=trainer_every).fit(
         TinyModule(mlp()), datamodule=TinyData()
     )
@@ -196,11 +198,14 @@ def test_saturation_stats_match_numpy_on_known_nets(tmp_path, gaaf):
         apply_gaaf(backbone)
         assert isinstance(backbone[1], GAAF) and isinstance(backbone[3], GAAF)
     data = TinyData(dim=3, classes=2, batch_size=16, n_train=32, scale=3.0, train_shift=0.5)
-    monitor = SaturationMonitor(log_every_n_steps=1, bins=12, range=(-2.5, 2.5))
+    monitor = SaturationMonitor(log_every_n_steps=1, bins=12, value_range=(-2.5, 2.5))
     model = TinyModule(backbone, lr=0.05)
     x0 = data.x_train[:16] * 3.0 + 0.5  # what the datamodule makes of training batches on the device
     z1, z2 = nets_by_hand(backbone, x0)  # step 0 runs with the initial weights
-    trainer(tmp_path, [monitor], max_steps=2).fit(model, datamodule=data)
+    fit = trainer(tmp_path, [monitor], max_steps=2)
+    fit.fit(model, datamodule=data)
+    assert data.test_setups == 0 and monitor.eval_stats is None  # fit alone reads no test data
+    fit.test(model, datamodule=data)
 
     assert monitor.steps == [0, 1]
     assert set(monitor.history) == {"backbone.1", "backbone.3"}  # never the GAAF's inner .base
@@ -211,9 +216,8 @@ def test_saturation_stats_match_numpy_on_known_nets(tmp_path, gaaf):
     assert_stats(step_stats(monitor, "backbone.1", 0), want1)
     assert_stats(step_stats(monitor, "backbone.3", 0), want2)
 
-    # End of fit: the whole test set through the datamodule's transfer hooks as in testing (no
-    # training shift), final weights, eval mode; the model is back in train mode afterwards.
-    assert model.training and backbone[1].training
+    # Lightning's test loop: the whole test set through the datamodule's transfer hooks (no
+    # training shift), final weights, eval mode.
     assert data.test_setups == 1
     t1, t2 = nets_by_hand(backbone, data.x_test * 3.0)
     ev = monitor.eval_stats
@@ -236,15 +240,24 @@ def test_saturation_threshold_overrides_and_val_split(tmp_path):
     backbone = known_net()
     data = TinyData(dim=3, classes=2, batch_size=16, n_train=16)
     monitor = SaturationMonitor(
-        log_every_n_steps=1, thresholds={"Tanh": 0.5, "backbone.3": (None, 0.25)}, on_fit_end_split="val"
+        log_every_n_steps=1, thresholds={"Tanh": 0.5, "backbone.3": (None, 0.25)}, split="val"
     )
     z1, z2 = nets_by_hand(backbone, data.x_train[:16])
-    trainer(tmp_path, [monitor], max_steps=1).fit(TinyModule(backbone), datamodule=data)
+    fit = trainer(tmp_path, [monitor], max_steps=1, limit_val_batches=None, num_sanity_val_steps=2)
+    fit.fit(TinyModule(backbone), datamodule=data)
     assert monitor.history["backbone.1"]["saturation"][0] == pytest.approx((np.abs(z1) > 0.5).mean())
     assert monitor.history["backbone.3"]["saturation"][0] == pytest.approx((z2 > 0.25).mean())
-    assert monitor.eval_stats["backbone.1"]["count"] == 16 * 4  # val loader: 16 samples x 4 nodes
+    # Fit's validation loop (not the sanity check): val loader, 16 samples x 4 nodes, final weights.
+    assert monitor.eval_stats["backbone.1"]["count"] == 16 * 4
+    v1, _ = nets_by_hand(backbone, data.x_test[:16])
+    assert monitor.eval_stats["backbone.1"]["saturation"] == pytest.approx((np.abs(v1) > 0.5).mean())
+    assert fit.callback_metrics["gaaf/saturation_val/backbone.1"].item() == pytest.approx(
+        (np.abs(v1) > 0.5).mean()
+    )
     assert data.test_setups == 0
     assert (tmp_path / "report" / "net_hist_val.png").is_file()
+    saved = json.loads((tmp_path / "stats" / "saturation.json").read_text())
+    assert saved["eval"]["split"] == "val" and saved["eval"]["layers"]["backbone.1"]["count"] == 64
 
 
 def test_hooks_only_on_logging_steps(tmp_path):
@@ -258,10 +271,12 @@ def test_hooks_only_on_logging_steps(tmp_path):
 
     model = Probe(mlp(hidden=(8, 8), act=nn.ReLU, dropout=0.2))
     saturation = SaturationMonitor(log_every_n_steps=2)
-    callbacks = [saturation, NetVariance(every_n_steps=1, repeats=3), NodeCorrelation()]
-    trainer(tmp_path, callbacks, max_steps=5).fit(model, datamodule=TinyData(batch_size=8))
+    callbacks = [saturation, NetVarMonitor(log_every_n_steps=1, repeats=3), NodeCorrelationMonitor()]
+    fit = trainer(tmp_path, callbacks, max_steps=5)
+    fit.fit(model, datamodule=TinyData(batch_size=8))
+    fit.test(model, datamodule=TinyData(batch_size=8))
     assert seen == [0, 2, 0, 2, 0]  # one pre-hook per activation on steps 1 and 3 only
-    # NetVariance's probe forwards on the same steps are not counted as training nets.
+    # NetVarMonitor's probe forwards on the same steps are not counted as training nets.
     assert saturation.history["backbone.1"]["count"] == [8 * 8, 8 * 8]
     leftovers = [m for m in model.modules() if m._forward_pre_hooks or m._forward_hooks]
     assert leftovers == []
@@ -282,7 +297,7 @@ def test_include_globs_select_modules_by_name(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# NetVariance
+# NetVarMonitor
 # ------------------------------------------------------------------------------------------------
 
 
@@ -294,12 +309,12 @@ def test_net_variance_zero_without_dropout_positive_after_dropout(tmp_path, gaaf
             apply_gaaf(backbone)
         return TinyModule(backbone)
 
-    plain = NetVariance(every_n_steps=1, repeats=5)
+    plain = NetVarMonitor(log_every_n_steps=1, repeats=5)
     trainer(tmp_path / "a", [plain], max_steps=2).fit(model(), datamodule=TinyData())
     assert plain.steps == [0, 1]
     assert all(v == 0.0 for values in plain.history.values() for v in values)
 
-    dropped = NetVariance(every_n_steps=1, repeats=5)
+    dropped = NetVarMonitor(log_every_n_steps=1, repeats=5)
     trainer(tmp_path / "b", [dropped], max_steps=2).fit(model(dropout=0.5), datamodule=TinyData())
     # mlp(dropout): Linear, Tanh, Dropout, Linear, Tanh, Dropout, Linear: the first net sees no dropout.
     assert dropped.history["backbone.1"] == [0.0, 0.0]
@@ -325,7 +340,7 @@ def test_net_variance_matches_bernoulli_formula(tmp_path, max_samples):
     per_sample = ((a**2) @ (w1**2).T * p / (1 - p)).mean(1)
     expected = per_sample[:max_samples].mean()
     assert abs(per_sample[:3].mean() / per_sample.mean() - 1) > 0.3  # the two cases differ
-    monitor = NetVariance(every_n_steps=1, repeats=2000, max_samples=max_samples)
+    monitor = NetVarMonitor(log_every_n_steps=1, repeats=2000, max_samples=max_samples)
     trainer(tmp_path, [monitor], max_steps=1).fit(TinyModule(backbone), datamodule=data)
     assert monitor.history["backbone.4"][0] == pytest.approx(expected, rel=0.1)
 
@@ -348,7 +363,7 @@ def test_net_variance_leaves_training_bit_identical(tmp_path):
         return model.state_dict()
 
     without = fit([])
-    monitor = NetVariance(every_n_steps=2, repeats=4)
+    monitor = NetVarMonitor(log_every_n_steps=2, repeats=4)
     with_probe = fit([monitor])
     assert monitor.steps == [1, 3] and monitor.history["backbone.5"][0] > 0
     assert without.keys() == with_probe.keys()
@@ -357,7 +372,7 @@ def test_net_variance_leaves_training_bit_identical(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# NodeCorrelation
+# NodeCorrelationMonitor
 # ------------------------------------------------------------------------------------------------
 
 
@@ -367,8 +382,12 @@ def test_node_correlation_counts_pairs_like_numpy_and_skips_dead_nodes(tmp_path)
         backbone[0].weight[4] = 0.0
         backbone[0].bias[4] = -1.0  # node 4 never fires: dead
     data = TinyData(n_test=50)
-    monitor = NodeCorrelation(thresholds=(0.9, 0.5, 0.1))
-    trainer(tmp_path, [monitor], max_steps=2).fit(TinyModule(backbone, lr=0.0), datamodule=data)
+    monitor = NodeCorrelationMonitor(thresholds=(0.9, 0.5, 0.1))
+    fit = trainer(tmp_path, [monitor], max_steps=2)
+    model = TinyModule(backbone, lr=0.0)
+    fit.fit(model, datamodule=data)
+    assert monitor.rows == [] and not (tmp_path / "stats" / "node_correlation.json").exists()
+    fit.test(model, datamodule=data)
 
     w, b = backbone[0].weight.detach().double().numpy(), backbone[0].bias.detach().double().numpy()
     h = np.maximum(data.x_test.double().numpy() @ w.T + b, 0.0)
@@ -378,13 +397,17 @@ def test_node_correlation_counts_pairs_like_numpy_and_skips_dead_nodes(tmp_path)
     want = {t: int((corr > t).sum()) for t in (0.9, 0.5, 0.1)}
     assert 0 < want[0.5] < want[0.1]
 
-    with open(tmp_path / "stats" / "node_correlation.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    saved = read_stats(tmp_path / "stats" / "node_correlation.json")
+    assert saved["schema_version"] == SCHEMA_VERSION and saved["partial"] is False
+    rows = saved["rows"]
     assert list(rows[0]) == ["layer", "threshold", "pairs", "total_pairs", "nodes", "dead_nodes"]
-    assert [(r["layer"], float(r["threshold"]), int(r["pairs"])) for r in rows] == [
+    assert [(r["layer"], r["threshold"], r["pairs"]) for r in rows] == [
         ("backbone.1", t, want[t]) for t in (0.9, 0.5, 0.1)
     ]
-    assert {(r["total_pairs"], r["nodes"], r["dead_nodes"]) for r in rows} == {("28", "9", "1")}
+    assert {(r["total_pairs"], r["nodes"], r["dead_nodes"]) for r in rows} == {(28, 9, 1)}
+    assert fit.callback_metrics["gaaf/node_correlation_test_0.5/backbone.1"].item() == pytest.approx(
+        want[0.5] / 28
+    )
     assert (tmp_path / "report" / "node_correlation.png").is_file()
 
 
@@ -403,8 +426,11 @@ def test_node_correlation_uses_channel_means_for_conv_and_separates_shared_modul
 
     net = ConvNet()
     data = TinyData(n_test=30)
-    monitor = NodeCorrelation(thresholds=(0.5,))
-    trainer(tmp_path, [monitor], max_steps=1).fit(TinyModule(net, lr=0.0), datamodule=data)
+    monitor = NodeCorrelationMonitor(thresholds=(0.5,))
+    fit = trainer(tmp_path, [monitor], max_steps=1)
+    model = TinyModule(net, lr=0.0)
+    fit.fit(model, datamodule=data)
+    fit.test(model, datamodule=data)
     rows = {r["layer"]: r for r in monitor.rows}
     assert set(rows) == {"backbone.act", "backbone.act#2"}
     assert rows["backbone.act"]["nodes"] == 4 and rows["backbone.act#2"]["nodes"] == 5
@@ -416,16 +442,16 @@ def test_node_correlation_uses_channel_means_for_conv_and_separates_shared_modul
 
 
 # ------------------------------------------------------------------------------------------------
-# WeightHistograms, arguments
+# WeightHistMonitor, arguments
 # ------------------------------------------------------------------------------------------------
 
 
 def test_weight_histograms_at_start_and_end(tmp_path):
     backbone = mlp()
     start = backbone[0].weight.detach().clone().numpy()
-    monitor = WeightHistograms(bins=10)
+    monitor = WeightHistMonitor(bins=10)
     trainer(tmp_path, [monitor], max_steps=3).fit(TinyModule(backbone), datamodule=TinyData())
-    saved = json.loads((tmp_path / "stats" / "weights.json").read_text())
+    saved = json.loads((tmp_path / "stats" / "weight_hist.json").read_text())
     layer = saved["layers"]["backbone.0"]
     counts, edges = np.histogram(start, bins=10)
     assert layer["init"]["counts"] == counts.tolist() and layer["init"]["edges"] == pytest.approx(
@@ -442,23 +468,24 @@ def test_weight_histograms_at_start_and_end(tmp_path):
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: GradientInformation(log_every_n_steps=0), "log_every_n_steps must be a positive integer"),
+        (lambda: GradInfoMonitor(log_every_n_steps=0), "log_every_n_steps must be a positive integer"),
         (lambda: SaturationMonitor(bins=0), r"bins must be an integer in \[1, 512\]"),
         (lambda: SaturationMonitor(bins=1000), r"bins must be an integer in \[1, 512\]"),
-        (lambda: SaturationMonitor(range=(1, -1)), "range must be finite with low < high"),
-        (lambda: SaturationMonitor(on_fit_end_split="train"), "on_fit_end_split must be 'test' or 'val'"),
+        (lambda: SaturationMonitor(value_range=(1, -1)), "value_range must be finite with low < high"),
+        (lambda: SaturationMonitor(split="train"), "split must be 'test' or 'val'"),
         (lambda: SaturationMonitor(include="backbone.*"), "include must be a list of name globs"),
         (lambda: SaturationMonitor(thresholds={"Tanh": "x"}), r"thresholds\['Tanh'\] must be a number"),
         (
             lambda: SaturationMonitor(thresholds={"backbone.1": (1, 2, 3)}),
             r"thresholds\['backbone.1'\] must be a",
         ),
-        (lambda: NetVariance(repeats=1), "repeats must be an integer >= 2"),
-        (lambda: NetVariance(every_n_steps=None), "every_n_steps must be a positive integer, got None"),
-        (lambda: NetVariance(max_samples=0), "max_samples must be a positive integer or None"),
-        (lambda: NodeCorrelation(thresholds=(1.5,)), r"thresholds must be numbers in \[0, 1\)"),
-        (lambda: NodeCorrelation(split="train"), "split must be 'test' or 'val'"),
-        (lambda: WeightHistograms(bins=0), "bins must be an integer"),
+        (lambda: NetVarMonitor(repeats=1), "repeats must be an integer >= 2"),
+        (lambda: NetVarMonitor(log_every_n_steps=0), "log_every_n_steps must be a positive integer or None"),
+        (lambda: GradScaleMonitor(factor=1), "factor must be a number > 1"),
+        (lambda: NetVarMonitor(max_samples=0), "max_samples must be a positive integer or None"),
+        (lambda: NodeCorrelationMonitor(thresholds=(1.5,)), r"thresholds must be numbers in \[0, 1\)"),
+        (lambda: NodeCorrelationMonitor(split="train"), "split must be 'test' or 'val'"),
+        (lambda: WeightHistMonitor(bins=0), "bins must be an integer"),
     ],
 )
 def test_argument_errors_name_the_field(make, message):
@@ -486,7 +513,9 @@ def test_monitors_on_project_cnn_with_gaaf_callback(tmp_path):
     )
     model = ImageClassifier(backbone=backbone, num_classes=10)
     callbacks = monitors()
-    trainer(tmp_path / "run", [GAAFCallback(), *callbacks], max_steps=2).fit(model, datamodule=data)
+    fit = trainer(tmp_path / "run", [GAAFCallback(), *callbacks], max_steps=2)
+    fit.fit(model, datamodule=data)
+    fit.test(model, datamodule=data)
 
     grad, sat, var, corr, _ = callbacks
     activations = [name for name, m in model.named_modules() if isinstance(m, GAAF)]
@@ -502,8 +531,8 @@ def test_monitors_on_project_cnn_with_gaaf_callback(tmp_path):
         "grad_info.json",
         "saturation.json",
         "net_var.json",
-        "weights.json",
-        "node_correlation.csv",
+        "weight_hist.json",
+        "node_correlation.json",
     }
 
 
@@ -516,20 +545,23 @@ def test_saturation_of_a_module_without_derivable_area_is_nan_with_a_warning(tmp
     assert math.isfinite(monitor.history["backbone.1"]["mean"][0])
 
 
-def test_fast_dev_run_limits_the_end_of_fit_pass(tmp_path):
+def test_test_loop_limits_apply_to_the_test_set_statistics(tmp_path):
     monitor = SaturationMonitor()
-    trainer(tmp_path, [monitor], max_steps=-1, fast_dev_run=1).fit(TinyModule(mlp()), datamodule=TinyData())
+    fit = trainer(tmp_path, [monitor], max_steps=1, limit_test_batches=1)
+    model = TinyModule(mlp())
+    fit.fit(model, datamodule=TinyData())
+    fit.test(model, datamodule=TinyData())
     assert monitor.eval_stats["backbone.1"]["count"] == 8 * 8  # one test batch of 8, 8 nodes
 
 
 def test_history_survives_resuming_from_a_checkpoint(tmp_path):
-    first = [GradientInformation(log_every_n_steps=1), SaturationMonitor(log_every_n_steps=1)]
+    first = [GradInfoMonitor(log_every_n_steps=1), SaturationMonitor(log_every_n_steps=1)]
     model = TinyModule(mlp())
     fit = trainer(tmp_path, first, max_steps=2)
     fit.fit(model, datamodule=TinyData())
     fit.save_checkpoint(tmp_path / "mid.ckpt")
 
-    second = [GradientInformation(log_every_n_steps=1), SaturationMonitor(log_every_n_steps=1)]
+    second = [GradInfoMonitor(log_every_n_steps=1), SaturationMonitor(log_every_n_steps=1)]
     trainer(tmp_path, second, max_steps=4).fit(
         TinyModule(mlp()), datamodule=TinyData(), ckpt_path=tmp_path / "mid.ckpt"
     )
@@ -539,16 +571,3 @@ def test_history_survives_resuming_from_a_checkpoint(tmp_path):
     assert second[1].history["backbone.1"]["hist"][:2] == first[1].history["backbone.1"]["hist"]
     saved = json.loads((tmp_path / "stats" / "grad_info.json").read_text())
     assert saved["steps"] == [0, 1, 2, 3]
-
-
-def test_a_failing_end_of_fit_pass_keeps_the_fit_and_warns(tmp_path):
-    class NoTestData(TinyData):
-        def setup(self, stage=None):
-            if stage == "test":
-                raise FileNotFoundError("test split missing")
-
-    monitor = SaturationMonitor(log_every_n_steps=1)
-    with pytest.warns(UserWarning, match="no test data for the end-of-fit pass .*test split missing"):
-        trainer(tmp_path, [monitor], max_steps=1).fit(TinyModule(mlp()), datamodule=NoTestData())
-    assert monitor.steps == [0] and monitor.eval_stats is None
-    assert json.loads((tmp_path / "stats" / "saturation.json").read_text())["eval"] is None

@@ -15,7 +15,7 @@ from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 
 from lightning_gaaf import GAAFCallback
-from lightning_gaaf.callbacks import GradientInformation, NetVariance, SaturationMonitor
+from lightning_gaaf.callbacks import GradInfoMonitor, GradScaleMonitor, NetVarMonitor, SaturationMonitor
 from lightning_gaaf.cli.fit import (
     RUN_DIR_ENV,
     GaafCLI,
@@ -108,9 +108,10 @@ def test_config_is_small_names_its_paper_row_and_builds(path: Path, build, tmp_p
     assert sum(isinstance(c, GAAFCallback) for c in callbacks) == int(gaaf)
     if gaaf:
         assert callbacks[0].options["K"] == 10000 and callbacks[0].options["shape"] is None
-    assert any(isinstance(c, GradientInformation) for c in callbacks)
+    assert any(isinstance(c, GradInfoMonitor) for c in callbacks)
+    assert any(isinstance(c, GradScaleMonitor) for c in callbacks)  # the exploding/vanishing guard
     assert any(isinstance(c, SaturationMonitor) for c in callbacks)
-    assert any(isinstance(c, NetVariance) for c in callbacks) == name.endswith("dropout")
+    assert any(isinstance(c, NetVarMonitor) for c in callbacks) == name.endswith("dropout")
     assert isinstance(trainer.progress_bar_callback, RichProgressBar)
 
     run_dir = tmp_path / "run"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import shutil
 from importlib.metadata import entry_points
 
@@ -9,13 +11,15 @@ import matplotlib.image as mpimg
 import pytest
 from _monitor_helpers import TinyData, TinyModule, mlp, monitors, trainer
 
-from lightning_gaaf.callbacks.history import MetricsHistory
+from lightning_gaaf.callbacks import GradScaleMonitor, MetricsMonitor
 from lightning_gaaf.cli.report import main, run_labels
+from lightning_gaaf.stats import SCHEMA_VERSION, plots, read_stats
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = {
     "metrics",
     "grad_info",
+    "grad_scale",
     "saturation",
     "net_hist_test",
     "net_var",
@@ -31,10 +35,12 @@ def two_runs(tmp_path_factory):
     dirs = []
     for name, dropout in (("base", 0.0), ("dropout", 0.3)):
         run_dir = root / name / "version_0"
-        callbacks = [*monitors(), MetricsHistory()]  # metrics.json: 2 epochs of 2 steps
-        trainer(run_dir, callbacks, max_steps=4).fit(
-            TinyModule(mlp(dropout=dropout)), datamodule=TinyData(n_train=16, batch_size=8)
-        )
+        callbacks = [*monitors(), GradScaleMonitor(), MetricsMonitor()]  # metrics.json: 2 epochs of 2 steps
+        fit = trainer(run_dir, callbacks, max_steps=4)
+        model, data = TinyModule(mlp(dropout=dropout)), TinyData(n_train=16, batch_size=8)
+        fit.fit(model, datamodule=data)
+        fit.test(model, datamodule=data)
+        assert (run_dir / "report" / "metrics.png").is_file()  # each run's own report has the metrics plot
         shutil.rmtree(run_dir / "report")  # the report must come from stats/ alone
         dirs.append(run_dir)
     return dirs
@@ -88,3 +94,47 @@ def test_single_stats_file_is_enough(two_runs, tmp_path, capsys):
     (only / "net_var.json").write_text('{"steps": [], "layers": {"backbone.1": []}}')
     assert main([str(only.parent), "--out", str(tmp_path / "out")]) == 0
     assert [p.rsplit("/", 1)[-1] for p in capsys.readouterr().out.split()] == ["grad_info.png"]
+
+
+def test_version_0_files_are_read_and_newer_ones_refused(two_runs, tmp_path, capsys):
+    """Runs saved before the versioned schema (weights.json, node_correlation.csv) still draw."""
+    old = tmp_path / "old_run" / "stats"
+    old.mkdir(parents=True)
+    new = read_stats(two_runs[0] / "stats" / "weight_hist.json")
+    legacy = {"statistic": "weights", "bins": new["bins"], "layers": new["layers"]}
+    (old / "weights.json").write_text(json.dumps(legacy))
+    rows = read_stats(two_runs[0] / "stats" / "node_correlation.json")["rows"]
+    with open(old / "node_correlation.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert read_stats(old / "node_correlation.csv")["rows"] == rows
+    assert read_stats(old / "weights.json")["statistic"] == "weight_hist"
+    assert main([str(old.parent), "--out", str(tmp_path / "out")]) == 0
+    assert sorted(p.rsplit("/", 1)[-1] for p in capsys.readouterr().out.split()) == [
+        "node_correlation.png",
+        "weight_hist.png",
+    ]
+
+    future = tmp_path / "future" / "stats"
+    future.mkdir(parents=True)
+    (future / "grad_info.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION + 1, "steps": []}))
+    assert main([str(future.parent), "--out", str(tmp_path / "x")]) == 2
+    assert "is newer than this lightning-gaaf reads" in capsys.readouterr().err
+
+
+def test_fractions_on_a_fixed_unit_axis_and_integer_step_ticks():
+    steps = [0, 1, 2]
+    stats = {"steps": steps, "layers": {"act": {"saturation": [0.423, 0.4265, 0.425]}}}
+    (ax,) = [a for a in plots.saturation_figure([("", stats)]).axes if a.get_visible()]
+    assert ax.get_ylim() == (0.0, 1.0)  # 0.423..0.4265 must not look like a cliff
+    ticks = [t for t in ax.get_xticks() if steps[0] <= t <= steps[-1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+
+    metrics = {
+        "epochs": [{"epoch": e, "step": 2 * e, "val/acc": 0.9 + 0.01 * e} for e in (1, 2, 3)],
+        "test": {},
+    }
+    (ax,) = [a for a in plots.metrics_figure([("", metrics)]).axes if a.get_visible()]
+    assert ax.get_ylim() == (0.0, 1.0)
+    assert all(float(t).is_integer() for t in ax.get_xticks())

@@ -63,7 +63,7 @@ def test_quick_reproduction_writes_tables_json_and_figure(quick_run):
     table2 = (out / "table2.md").read_text()
     assert table2.splitlines()[0] == "| layer | base | dropout | gaaf |"
     assert len(table2.splitlines()) == 2 + 4
-    # Table 1: one row per model and hidden layer, one column per threshold, from NodeCorrelation.
+    # Table 1: one row per model and hidden layer, one column per threshold, from NodeCorrelationMonitor.
     table1 = (out / "table1.md").read_text()
     header = next(line for line in table1.splitlines() if line.startswith("| model |"))
     assert (
@@ -90,7 +90,9 @@ def test_quick_reproduction_writes_tables_json_and_figure(quick_run):
     dropout_config = yaml.safe_load(
         (Path(results["runs"]["dropout"][0]["run_dir"]) / "config.yaml").read_text()
     )
-    (probe,) = [c for c in dropout_config["trainer"]["callbacks"] if c["class_path"].endswith(".NetVariance")]
+    (probe,) = [
+        c for c in dropout_config["trainer"]["callbacks"] if c["class_path"].endswith(".NetVarMonitor")
+    ]
     assert probe["init_args"]["max_samples"] == 128 and probe["init_args"]["repeats"] == 20
     net_var = json.loads(
         (Path(results["runs"]["dropout"][0]["run_dir"]) / "stats" / "net_var.json").read_text()

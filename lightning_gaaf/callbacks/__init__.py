@@ -1,26 +1,56 @@
 """Monitors that show why GAAF or dropout changes training (paper Tables 1-3, Figures 3 and 5).
 
-Each works on any LightningModule with plain or GAAF activations, on one or many devices:
-statistics are computed on the device, summed across ranks with one ``all_reduce`` and logged by
-rank 0 under ``gaaf/...``; at the end of fit they are saved under ``<run_dir>/stats/`` (what
-``gaaf-report`` draws from) and drawn into ``<run_dir>/report/*.png``.
+Each is a Lightning callback that works on any LightningModule with plain or GAAF activations, on
+one or many devices: statistics are computed on the device, summed across ranks with one
+``all_reduce`` and logged to every logger (scalars also to ``trainer.callback_metrics``);
+held-out statistics come from Lightning's own test/validation loops. Files go to
+``<run_dir>/stats/`` (schema: :mod:`lightning_gaaf.stats`) and ``<run_dir>/report/*.png``. The
+names, arguments, keys and files are tabulated in ``docs/monitors.md``.
 """
 
-from lightning_gaaf.callbacks.correlation import NodeCorrelation
-from lightning_gaaf.callbacks.gradient import GradientInformation
-from lightning_gaaf.callbacks.history import MetricsHistory
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from lightning_gaaf.callbacks.correlation import NodeCorrelationMonitor
+from lightning_gaaf.callbacks.gradient import GradInfoMonitor
+from lightning_gaaf.callbacks.guard import GradScaleMonitor
+from lightning_gaaf.callbacks.history import MetricsMonitor
 from lightning_gaaf.callbacks.saturation import SaturationMonitor
 from lightning_gaaf.callbacks.thresholds import SATURATION_RATIO, saturation_intervals
-from lightning_gaaf.callbacks.variance import NetVariance
-from lightning_gaaf.callbacks.weights import WeightHistograms
+from lightning_gaaf.callbacks.variance import NetVarMonitor
+from lightning_gaaf.callbacks.weights import WeightHistMonitor
 
 __all__ = [
     "SATURATION_RATIO",
-    "GradientInformation",
-    "MetricsHistory",
-    "NetVariance",
-    "NodeCorrelation",
+    "GradInfoMonitor",
+    "GradScaleMonitor",
+    "MetricsMonitor",
+    "NetVarMonitor",
+    "NodeCorrelationMonitor",
     "SaturationMonitor",
-    "WeightHistograms",
+    "WeightHistMonitor",
     "saturation_intervals",
 ]
+
+#: Former names, kept for one release (same classes; importing them warns).
+DEPRECATED_NAMES: dict[str, type] = {
+    "GradientInformation": GradInfoMonitor,
+    "NetVariance": NetVarMonitor,
+    "NodeCorrelation": NodeCorrelationMonitor,
+    "WeightHistograms": WeightHistMonitor,
+    "MetricsHistory": MetricsMonitor,
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in DEPRECATED_NAMES:
+        new = DEPRECATED_NAMES[name]
+        warnings.warn(
+            f"lightning_gaaf.callbacks.{name} is deprecated, use lightning_gaaf.callbacks.{new.__name__}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return new
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,35 +1,25 @@
-"""NodeCorrelation: how many hidden nodes of a layer move together on held-out data (paper Table 1)."""
+"""NodeCorrelationMonitor: how many hidden nodes of a layer move together on held-out data (paper Table 1)."""
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor, nn
+from typing_extensions import override
 
-from lightning_gaaf.callbacks import plots
-from lightning_gaaf.callbacks._utils import (
-    SPLITS,
-    HookSet,
-    activation_modules,
-    all_reduce_sum,
-    check_include,
-    evaluation_pass,
-    log_images,
-    log_step,
-    report_dir,
-    require_layers,
-    stats_dir,
-    wandb_runs,
-)
-
-CSV_COLUMNS = ("layer", "threshold", "pairs", "total_pairs", "nodes", "dead_nodes")
+from lightning_gaaf.callbacks._args import check_include, check_split
+from lightning_gaaf.callbacks._base import Monitor
+from lightning_gaaf.callbacks._hooks import HookSet
+from lightning_gaaf.callbacks._layers import activation_modules, require_layers
+from lightning_gaaf.callbacks._loggers import all_reduce_sum, log_scalars, log_table
+from lightning_gaaf.stats import plots
+from lightning_gaaf.stats.schema import CORRELATION_COLUMNS
 
 #: A node is dead (excluded) when its variance is at most this fraction of (1 + mean^2).
 DEAD_VARIANCE = 1e-12
@@ -92,28 +82,33 @@ class _Collector:
         self.position += 1
 
 
-class NodeCorrelation(Callback):
-    """Pearson correlation between the hidden nodes of each layer on held-out data, at the end of fit.
+class NodeCorrelationMonitor(Monitor):
+    """Pearson correlation between the hidden nodes of each layer on held-out data.
 
     A hidden node is one output of an activation module (GAAF or plain; or modules matched by
-    ``include``), collected by forward hooks while the model runs in eval mode over the whole
-    ``split`` dataloader. For conv feature maps (more than 2 dims, channels first: ``(N, C, ...)``) a
-    node is a channel and its value per sample is the channel's spatial mean. Sums ``n``, ``sum x`` and ``sum x x^T`` are kept in float64
-    on the device and summed across ranks with one ``all_reduce`` before the correlation is formed.
-    Dead nodes (zero variance over the split, e.g. ReLUs that never fire; numerically: variance
-    <= 1e-12 (1 + mean^2)) have no correlation and are excluded: ``total_pairs`` counts pairs of
-    live nodes only. A module called several times per forward is reported once per call as
-    ``<layer>``, ``<layer>#2``, ...
+    ``include``). Forward hooks collect the outputs inside Lightning's own evaluation loop: during
+    ``trainer.test(...)`` for ``split="test"`` (gaaf-fit runs it once after fit), during every
+    validation run for ``split="val"`` (the last one is kept). After a plain ``trainer.fit`` call
+    ``trainer.test(...)`` to get the table; no hidden pass over the data is made. For conv feature
+    maps (``(N, C, ...)``) a node is a channel and its value per sample is the channel's spatial
+    mean. Sums ``n``, ``sum x`` and ``sum x x^T`` are kept in float64 on the device and summed across
+    ranks with one ``all_reduce`` before the correlation is formed. Dead nodes (zero variance over
+    the split, e.g. ReLUs that never fire; numerically: variance <= 1e-12 (1 + mean^2)) have no
+    correlation and are excluded: ``total_pairs`` counts pairs of live nodes only. A module called
+    several times per forward is reported once per call as ``<layer>``, ``<layer>#2``, ...
 
     Args:
         thresholds: count pairs with ``|corr|`` above each of these.
-        split: ``"test"`` or ``"val"`` dataloader of the datamodule (or LightningModule).
+        split: ``"test"`` or ``"val"``: the evaluation loop whose data is used.
         include: qualified-name globs of the modules whose output is the node vector.
 
-    Writes ``<run_dir>/stats/node_correlation.csv`` (columns ``layer, threshold, pairs,
-    total_pairs, nodes, dead_nodes``) and ``<run_dir>/report/node_correlation.png``; logs the rows
-    as the W&B table ``gaaf/node_correlation`` (rank 0).
+    Logged: ``gaaf/node_correlation_<split>_<threshold>/<layer>`` (share of live pairs above the
+    threshold) to every logger and ``callback_metrics``; the rows as the W&B table
+    ``gaaf/node_correlation``. Files: ``stats/node_correlation.json`` (rows with ``layer,
+    threshold, pairs, total_pairs, nodes, dead_nodes``) and ``report/node_correlation.png``.
     """
+
+    statistic = "node_correlation"
 
     def __init__(
         self,
@@ -128,36 +123,92 @@ class NodeCorrelation(Callback):
             raise ValueError(f"{owner}: thresholds must be numbers in [0, 1), got {thresholds!r}") from None
         if not self.thresholds or not all(0 <= t < 1 for t in self.thresholds):
             raise ValueError(f"{owner}: thresholds must be numbers in [0, 1), got {thresholds!r}")
-        if split not in SPLITS:
-            raise ValueError(f"{owner}: split must be 'test' or 'val', got {split!r}")
-        self.split = split
+        self.split = check_split(owner, split)
         self.include = check_include(owner, include)
         self.rows: list[dict[str, Any]] = []
+        self._collectors: dict[str, _Collector] | None = None
+        self._hooks = HookSet()
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    @override
+    def _state_key_args(self) -> dict[str, Any]:
+        return {"thresholds": self.thresholds, "split": self.split, "include": self.include}
+
+    def _start(self, pl_module: pl.LightningModule) -> None:
         layers = activation_modules(pl_module, self.include)
         require_layers(type(self).__name__, layers, "activation modules")
         if not layers:
             return
         collectors = {name: _Collector() for name in layers}
-        hooks = HookSet()
         for name, module in layers.items():
-            hooks.add(module.register_forward_hook(collectors[name].hook))
+            self._hooks.add(module.register_forward_hook(collectors[name].hook))
 
         def new_forward(module: nn.Module, args: tuple[Any, ...]) -> None:
             for collector in collectors.values():
                 collector.position = 0
 
-        hooks.add(pl_module.register_forward_pre_hook(new_forward))
-        try:
-            ran = evaluation_pass(trainer, pl_module, self.split, type(self).__name__)
-        finally:
-            hooks.remove()
-        if not ran:
+        self._hooks.add(pl_module.register_forward_pre_hook(new_forward))
+        self._collectors = collectors
+
+    def _end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._hooks.remove()
+        collectors, self._collectors = self._collectors, None
+        if collectors is None:
             return
         self.rows = self._reduce(trainer, {name: c.moments for name, c in collectors.items()})
-        if trainer.is_global_zero:
-            self._save(trainer)
+        shares = {
+            f"gaaf/node_correlation_{self.split}_{r['threshold']:g}/{r['layer']}": r["pairs"]
+            / r["total_pairs"]
+            for r in self.rows
+            if r["total_pairs"]
+        }
+        log_scalars(trainer, shares, trainer.global_step)
+        log_table(
+            trainer,
+            "gaaf/node_correlation",
+            CORRELATION_COLUMNS,
+            [[r[c] for c in CORRELATION_COLUMNS] for r in self.rows],
+            trainer.global_step,
+        )
+
+    @override
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.split == "test":
+            self._start(pl_module)
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.split == "test":
+            self._end(trainer, pl_module)
+
+    @override
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.split == "test" and self.rows:
+            self.save(trainer)
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.split == "val" and not trainer.sanity_checking:
+            self._start(pl_module)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.split == "val" and not trainer.sanity_checking:
+            self._end(trainer, pl_module)
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.split == "val" and self.rows and trainer.state.fn == TrainerFn.VALIDATING:
+            self.save(trainer)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.split == "val" and self.rows:
+            self.save(trainer)
+
+    @override
+    def release(self) -> None:
+        self._hooks.remove()
+        self._collectors = None
 
     def _reduce(self, trainer: pl.Trainer, moments: dict[str, list[_Moments]]) -> list[dict]:
         entries = [
@@ -189,44 +240,18 @@ class NodeCorrelation(Callback):
                 )
         return rows
 
-    def _save(self, trainer: pl.Trainer) -> None:
-        path = stats_dir(trainer) / "node_correlation.csv"
-        write_rows(path, self.rows)
-        if not self.rows:
-            return
-        png = plots.plot_node_correlation([("", self.rows)], report_dir(trainer) / "node_correlation.png")
-        runs = wandb_runs(trainer)
-        if runs:
-            import wandb
+    @override
+    def stats(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "thresholds": list(self.thresholds),
+            "columns": list(CORRELATION_COLUMNS),
+            "rows": list(self.rows),
+        }
 
-            table = wandb.Table(
-                columns=list(CSV_COLUMNS), data=[[r[c] for c in CSV_COLUMNS] for r in self.rows]
-            )
-            log_step(trainer, {}, trainer.global_step, {"gaaf/node_correlation": table})
-        log_images(trainer, {"gaaf/report/node_correlation": png})
-
-
-def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a ``node_correlation.csv`` with numbers parsed."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    out = []
-    for r in rows:
-        out.append(
-            {
-                "layer": r["layer"],
-                "threshold": float(r["threshold"]),
-                "pairs": int(r["pairs"]),
-                "total_pairs": int(r["total_pairs"]),
-                "nodes": int(r.get("nodes") or 0),
-                "dead_nodes": int(r.get("dead_nodes") or 0),
-            }
-        )
-    return out
+    @override
+    def draw(self, stats: Mapping[str, Any], out: Path) -> dict[str, Path]:
+        if not stats["rows"]:
+            return {}
+        path = plots.plot_node_correlation([("", stats)], out / "node_correlation.png")
+        return {"gaaf/report/node_correlation": path}

@@ -1,28 +1,39 @@
-"""GradientInformation: how much gradient reaches each weight layer (paper Eq. 5, Table 2)."""
+"""GradInfoMonitor: how much gradient reaches each weight layer (paper Eq. 5, Table 2)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
-from torch import nn
+from torch import Tensor, nn
+from typing_extensions import override
 
-from lightning_gaaf.callbacks import plots
-from lightning_gaaf.callbacks._utils import (
-    StepHistory,
-    check_interval,
-    finite_means,
-    is_log_step,
-    log_step,
-    require_layers,
-    weight_layers,
-)
+from lightning_gaaf.callbacks._args import check_interval, is_log_step, resolve_interval
+from lightning_gaaf.callbacks._base import StepHistory, finite_means
+from lightning_gaaf.callbacks._layers import require_layers, weight_layers
+from lightning_gaaf.callbacks._loggers import log_scalars
+from lightning_gaaf.stats import plots
 
 
-class GradientInformation(StepHistory, Callback):
+def gradient_means(layers: Mapping[str, nn.Module]) -> dict[str, float]:
+    """Mean ``|grad|`` of each layer's weight (NaN without a gradient): one device tensor, one copy."""
+    names, means = [], []
+    for name, layer in layers.items():
+        grad: Tensor | None = layer.weight.grad
+        if grad is not None:
+            names.append(name)
+            means.append(torch.linalg.vector_norm(grad.detach(), ord=1, dtype=torch.float32) / grad.numel())
+    values = dict.fromkeys(layers, math.nan)
+    if means:
+        values.update(zip(names, torch.stack(means).cpu().tolist(), strict=True))
+    return values
+
+
+class GradInfoMonitor(StepHistory):
     """Mean ``|dE/dW|`` over each weight tensor (Linear, Conv1d/2d/3d), every N optimizer steps.
 
     Read in ``on_before_optimizer_step``: gradients are complete there (all micro-batches
@@ -30,67 +41,70 @@ class GradientInformation(StepHistory, Callback):
     computed on the device into one tensor and copied to the host once per logging step.
 
     Args:
-        log_every_n_steps: record every N optimizer steps (None: the trainer's ``log_every_n_steps``).
+        log_every_n_steps: record after optimizer steps N-1, 2N-1, ... (Lightning's meaning); None:
+            the trainer's ``log_every_n_steps``.
 
-    Logged on rank 0: ``gaaf/grad_info/<layer>`` (``<layer>`` = qualified module name such as
-    ``backbone.layers.0``) at the global step. At the end of fit: the mean over all logged steps per
-    layer (the paper's Table 2) as ``gaaf/grad_info_mean/<layer>`` in the W&B run summary (other
-    loggers: ``log_metrics``), the full history in ``<run_dir>/stats/grad_info.json`` and the
-    figure ``<run_dir>/report/grad_info.png``. A layer without a gradient at a step records NaN.
+    Logged: ``gaaf/grad_info/<layer>`` (``<layer>`` = qualified module name such as
+    ``backbone.layers.0``) at the global step, to every logger and ``trainer.callback_metrics``. At
+    the end of fit: the mean over all logged steps per layer (the paper's Table 2) as
+    ``gaaf/grad_info_mean/<layer>`` in the run summary, the history in ``stats/grad_info.json`` and
+    ``report/grad_info.png``. A layer without a gradient at a step records NaN.
     """
 
+    statistic = "grad_info"
+
     def __init__(self, log_every_n_steps: int | None = None) -> None:
+        super().__init__()
         self.log_every_n_steps = check_interval(type(self).__name__, "log_every_n_steps", log_every_n_steps)
         self._layers: dict[str, nn.Module] = {}
         self._every = 0
-        self.steps: list[int] = []
-        self.history: dict[str, list[float]] = {}
 
+    @override
+    def _state_key_args(self) -> dict[str, Any]:
+        return {"log_every_n_steps": self.log_every_n_steps}
+
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._layers = weight_layers(pl_module)
         require_layers(type(self).__name__, self._layers, "Linear/Conv layers")
-        self._every = (
-            self.log_every_n_steps if self.log_every_n_steps is not None else trainer.log_every_n_steps
-        )
+        self._every = resolve_interval(self.log_every_n_steps, trainer.log_every_n_steps)
         for name in self._layers:
             self.history.setdefault(name, [math.nan] * len(self.steps))
 
+    @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         step = trainer.global_step
-        if not self._layers or not is_log_step(step, self._every) or (self.steps and self.steps[-1] == step):
+        if not self._layers or not is_log_step(step, self._every) or not self.record_step(step):
             return
-        names, means = [], []
-        for name, layer in self._layers.items():
-            grad = layer.weight.grad
-            if grad is not None:
-                names.append(name)
-                means.append(
-                    torch.linalg.vector_norm(grad.detach(), ord=1, dtype=torch.float32) / grad.numel()
-                )
-        values = dict.fromkeys(self._layers, math.nan)
-        if means:
-            values.update(zip(names, torch.stack(means).cpu().tolist(), strict=True))  # one transfer
+        values = gradient_means(self._layers)
         self.steps.append(step)
         for name, value in values.items():
             self.history[name].append(value)
-        log_step(trainer, {f"gaaf/grad_info/{name}": v for name, v in values.items()}, step)
+        log_scalars(trainer, {f"gaaf/grad_info/{name}": v for name, v in values.items()}, step)
 
+    @override
     def summary(self) -> dict[str, float]:
-        """Mean gradient information over all logged steps, per layer (paper Table 2)."""
-        return finite_means(self.history)
+        """Mean gradient information over all logged steps per layer (paper Table 2), by summary key."""
+        return {f"gaaf/grad_info_mean/{name}": v for name, v in finite_means(self.history).items()}
 
+    @override
     def stats(self) -> dict[str, Any]:
-        """Everything recorded, in the format of ``stats/grad_info.json``."""
         return {
-            "statistic": "grad_info",
             "definition": "mean |dE/dW| over the weight tensor of each layer (paper Eq. 5)",
             "log_every_n_steps": self._every,
             "steps": list(self.steps),
             "layers": {name: list(values) for name, values in self.history.items()},
-            "summary": self.summary(),
+            "summary": finite_means(self.history),
         }
 
+    @override
+    def draw(self, stats: Mapping[str, Any], out: Path) -> dict[str, Path]:
+        if not stats["steps"]:
+            return {}
+        return {"gaaf/report/grad_info": plots.plot_grad_info([("", stats)], out / "grad_info.png")}
+
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.publish(trainer, "grad_info", plots.plot_grad_info)
+        self.save(trainer)

@@ -3,133 +3,37 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
-from torch import Tensor, nn
+from torch import nn
+from typing_extensions import override
 
-from lightning_gaaf.callbacks import plots
-from lightning_gaaf.callbacks._utils import (
-    SPLITS,
-    HookSet,
-    StepHistory,
-    activation_modules,
-    all_reduce_sum,
+from lightning_gaaf.callbacks._accumulator import NetAccumulator
+from lightning_gaaf.callbacks._args import (
+    check_bins,
     check_include,
     check_interval,
-    evaluation_pass,
-    in_extra_forward,
+    check_split,
     is_log_step,
-    log_images,
-    log_step,
-    log_summary,
-    plain_activation,
-    report_dir,
-    require_layers,
-    stats_dir,
-    wandb_runs,
-    write_json,
+    renamed_arguments,
+    resolve_interval,
 )
+from lightning_gaaf.callbacks._base import StepHistory
+from lightning_gaaf.callbacks._hooks import HookSet
+from lightning_gaaf.callbacks._layers import activation_modules, plain_activation, require_layers
+from lightning_gaaf.callbacks._loggers import log_scalars, wants_media
 from lightning_gaaf.callbacks.thresholds import Interval, check_override, resolve_intervals
-
-_FIELDS = ("count", "sum", "sumsq", "saturated", "below", "above")
-_N = len(_FIELDS)
+from lightning_gaaf.stats import plots
 
 
-class NetAccumulator:
-    """Per-layer sums of nets kept on the device, one ``(layers, 6 + bins)`` float64 tensor.
-
-    Columns: count, sum, sum of squares, saturated count, count below ``range``, count above
-    ``range``, then the histogram counts on the fixed edges. Sums add up across batches and ranks,
-    so one ``all_reduce(SUM)`` of the tensor gives the statistics of the union of all data.
-    """
-
-    def __init__(
-        self,
-        names: Sequence[str],
-        intervals: Mapping[str, list[Interval] | None],
-        bins: int,
-        value_range: tuple[float, float],
-        device: torch.device,
-    ) -> None:
-        self.names = list(names)
-        self.bins = bins
-        self.lo, self.hi = float(value_range[0]), float(value_range[1])
-        self.intervals = [intervals.get(n) for n in self.names]
-        self.buf = torch.zeros(len(self.names), _N + bins, dtype=torch.float64, device=device)
-
-    def _saturated(self, i: int, z: Tensor) -> Tensor:
-        intervals = self.intervals[i] or []
-        if len(intervals) == 2 and intervals[0][0] == -math.inf and intervals[1][1] == math.inf:
-            (_, a), (b, _) = intervals
-            if a == -b:  # symmetric (tanh, sigmoid, hardtanh): one pass
-                return (z.abs() > b).sum()
-        count = torch.zeros((), dtype=torch.int64, device=z.device)
-        for lo, hi in intervals:
-            if lo == -math.inf:
-                count = count + (z < hi).sum()
-            elif hi == math.inf:
-                count = count + (z > lo).sum()
-            else:
-                count = count + ((z > lo) & (z < hi)).sum()
-        return count
-
-    def update(self, i: int, net: Tensor) -> None:
-        z = net.detach().reshape(-1).float()
-        counts = torch.stack([self._saturated(i, z), (z < self.lo).sum(), (z > self.hi).sum()])
-        row = self.buf[i]
-        row[0] += z.numel()
-        row[1:3] += torch.stack([z.sum(), torch.dot(z, z)]).double()
-        row[3:6] += counts.double()
-        row[_N:] += torch.histc(z, bins=self.bins, min=self.lo, max=self.hi).double()
-
-    def pre_hook(self, i: int, skip_extra: bool):
-        """A forward pre-hook recording the module's input: the net, before any in-place activation."""
-
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            if args and isinstance(args[0], Tensor) and not (skip_extra and in_extra_forward()):
-                self.update(i, args[0])
-
-        return hook
-
-    def attach(self, layers: Mapping[str, nn.Module], hooks: HookSet, skip_extra: bool = True) -> None:
-        """Pre-hooks on ``layers``; with ``skip_extra`` they ignore other monitors' probe forwards."""
-        for i, name in enumerate(self.names):
-            hooks.add(layers[name].register_forward_pre_hook(self.pre_hook(i, skip_extra)))
-
-    def reduce(self, trainer: pl.Trainer) -> np.ndarray:
-        """Sum over ranks (one collective), copy to the host (one transfer), reset the sums."""
-        reduced = all_reduce_sum(trainer, self.buf)
-        host = reduced.to("cpu", copy=True).numpy()
-        self.buf.zero_()
-        return host
-
-    def summarize(self, host: np.ndarray) -> dict[str, dict[str, Any]]:
-        """Per layer: count, saturation fraction, mean, std (population), below/above, histogram."""
-        out = {}
-        for i, name in enumerate(self.names):
-            count, total, sumsq, saturated, below, above = (float(v) for v in host[i, :_N])
-            mean = total / count if count else math.nan
-            var = max(sumsq / count - mean * mean, 0.0) if count else math.nan
-            known = self.intervals[i] is not None
-            out[name] = {
-                "count": int(count),
-                "saturation": saturated / count if count and known else math.nan,
-                "mean": mean,
-                "std": math.sqrt(var) if count else math.nan,
-                "below": int(below),
-                "above": int(above),
-                "hist": [int(c) for c in np.rint(host[i, _N:])],
-            }
-        return out
-
-
-class SaturationMonitor(StepHistory, Callback):
+class SaturationMonitor(StepHistory):
     """Fraction of nets in each activation's saturation area, their mean, std and histogram.
 
     The net of an activation is its input ``z`` (pre-activation). It is read by forward
@@ -155,79 +59,98 @@ class SaturationMonitor(StepHistory, Callback):
     GELU              ``z < -1.7282`` or ``-1.1583 < z < -0.5324``   numeric
     ================  =============================================  ======================
 
+    Held-out statistics (paper Figures 3 and 5) are collected inside Lightning's own loops: with
+    ``split="test"`` during ``trainer.test(...)`` (gaaf-fit runs it once after fit), with
+    ``split="val"`` during every validation run (the last one is kept), on whatever data, device,
+    precision and sharding those loops use. After a plain ``trainer.fit`` call ``trainer.test(...)``
+    to get them; no hidden pass over the data is made.
+
     Args:
-        log_every_n_steps: record every N optimizer steps (None: the trainer's ``log_every_n_steps``).
+        log_every_n_steps: record after optimizer steps N-1, 2N-1, ... (Lightning's meaning); None:
+            the trainer's ``log_every_n_steps``.
         include: qualified-name globs selecting the modules whose input is the net (any type);
             None: all GAAF / supported activation modules.
-        bins: histogram bins on fixed, equal-width edges over ``range`` (at most 512, W&B's limit).
-        range: histogram range. Nets outside it are not clamped into the edge bins (that would fake
-            mass at the edges) but counted separately as ``below`` / ``above`` in the saved stats.
+        bins: histogram bins on fixed, equal-width edges over ``value_range`` (at most 512).
+        value_range: histogram range. Nets outside it are not clamped into the edge bins (that
+            would fake mass at the edges) but counted as ``below`` / ``above`` in the saved stats.
         thresholds: overrides, keyed by layer-name glob or plain activation class name (``"Tanh"``):
             a number ``t`` (saturated when ``|z| > t``) or a pair ``(lo, hi)`` (saturated when
             ``z < lo`` or ``z > hi``; None = no bound). A module whose area cannot be computed (not
             elementwise) and has no override reports NaN saturation.
-        on_fit_end_split: at the end of fit, the same statistics over this whole dataloader of the
-            datamodule (paper Figures 3 and 5), model in eval mode.
+        split: ``"test"`` or ``"val"``: the evaluation loop whose data gives the held-out statistics.
 
-    Logged every N steps (rank 0, after one ``all_reduce`` of the sums over ranks):
-    ``gaaf/saturation/<layer>``, ``gaaf/net_mean/<layer>``, ``gaaf/net_std/<layer>`` to all
-    loggers, ``gaaf/net_hist/<layer>`` (``wandb.Histogram``) to W&B only. At the end:
-    ``gaaf/{saturation,net_mean,net_std}_<split>/<layer>`` in the run summary,
-    ``gaaf/net_hist_<split>/<layer>`` histograms, ``<run_dir>/stats/saturation.json`` and the
-    figures ``report/saturation.png`` and ``report/net_hist_<split>.png``. With gradient
-    accumulation a logged step covers all micro-batches of that optimizer step. std is the
-    population standard deviation.
+    Logged every N steps (after one ``all_reduce`` of the sums over ranks): ``gaaf/saturation/<layer>``,
+    ``gaaf/net_mean/<layer>``, ``gaaf/net_std/<layer>`` to every logger and ``callback_metrics``;
+    ``gaaf/net_hist/<layer>`` histograms to W&B and TensorBoard. Held-out: the same keys with
+    ``_test`` / ``_val`` (``gaaf/saturation_test/<layer>``, ``gaaf/net_hist_test/<layer>``...).
+    Files: ``stats/saturation.json``, ``report/saturation.png``, ``report/net_hist_<split>.png``.
+    With gradient accumulation a logged step covers all micro-batches of that optimizer step. std is
+    the population standard deviation.
     """
+
+    statistic = "saturation"
+    summary_is_logged = True
 
     def __init__(
         self,
         log_every_n_steps: int | None = None,
         include: list[str] | None = None,
         bins: int = 50,
-        range: tuple[float, float] = (-5.0, 5.0),  # noqa: A002 - the public name
+        value_range: tuple[float, float] = (-5.0, 5.0),
         thresholds: dict[str, float | tuple[float | None, float | None]] | None = None,
-        on_fit_end_split: Literal["test", "val"] = "test",
+        split: Literal["test", "val"] = "test",
+        **deprecated: Any,
     ) -> None:
+        super().__init__()
         owner = type(self).__name__
+        old = renamed_arguments(owner, deprecated, {"range": "value_range", "on_fit_end_split": "split"})
+        value_range = old.get("value_range", value_range)
+        split = old.get("split", split)
         self.log_every_n_steps = check_interval(owner, "log_every_n_steps", log_every_n_steps)
         self.include = check_include(owner, include)
-        if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= 512:
-            raise ValueError(
-                f"{owner}: bins must be an integer in [1, 512] (W&B's histogram limit), got {bins!r}"
-            )
+        self.bins = check_bins(owner, bins)
         try:
-            lo, hi = (float(v) for v in range)
+            lo, hi = (float(v) for v in value_range)
         except (TypeError, ValueError):
-            raise ValueError(f"{owner}: range must be a pair (low, high), got {range!r}") from None
+            raise ValueError(
+                f"{owner}: value_range must be a pair (low, high), got {value_range!r}"
+            ) from None
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(f"{owner}: range must be finite with low < high, got {range!r}")
-        if on_fit_end_split not in SPLITS:
-            raise ValueError(f"{owner}: on_fit_end_split must be 'test' or 'val', got {on_fit_end_split!r}")
+            raise ValueError(f"{owner}: value_range must be finite with low < high, got {value_range!r}")
+        self.split = check_split(owner, split)
         if thresholds is not None and not isinstance(thresholds, Mapping):
             raise ValueError(
                 f"{owner}: thresholds must be a dict such as {{'Tanh': 2.0}}, got {thresholds!r}"
             )
-        self.bins = bins
-        self.range = (lo, hi)
+        self.value_range = (lo, hi)
         self.thresholds = dict(thresholds or {})
         for key, value in self.thresholds.items():
             check_override(key, value)
-        self.on_fit_end_split = on_fit_end_split
         self.edges = np.linspace(lo, hi, bins + 1)
 
         self._layers: dict[str, nn.Module] = {}
         self._intervals: dict[str, list[Interval] | None] = {}
         self._acc: NetAccumulator | None = None
+        self._eval_acc: NetAccumulator | None = None
         self._hooks = HookSet()
+        self._eval_hooks = HookSet()
         self._pending_step: int | None = None
         self._every = 0
-        self.steps: list[int] = []
-        self.history: dict[str, dict[str, list]] = {}
         self.eval_stats: dict[str, dict[str, Any]] | None = None
+
+    @override
+    def _state_key_args(self) -> dict[str, Any]:
+        return {
+            "log_every_n_steps": self.log_every_n_steps,
+            "include": self.include,
+            "bins": self.bins,
+            "value_range": self.value_range,
+            "split": self.split,
+        }
 
     # -- setup ---------------------------------------------------------------------------------
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _find_layers(self, pl_module: pl.LightningModule) -> None:
         # After every setup(): GAAF surgery in GAAFCallback.setup has already replaced modules.
         self._layers = activation_modules(pl_module, self.include)
         require_layers(type(self).__name__, self._layers, "activation modules")
@@ -238,9 +161,11 @@ class SaturationMonitor(StepHistory, Callback):
                 f"SaturationMonitor: cannot derive the saturation area of {', '.join(unknown)} (not an "
                 "elementwise activation); their saturation reads NaN unless thresholds={'<layer>': t} is given"
             )
-        self._every = (
-            self.log_every_n_steps if self.log_every_n_steps is not None else trainer.log_every_n_steps
-        )
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._find_layers(pl_module)
+        self._every = resolve_interval(self.log_every_n_steps, trainer.log_every_n_steps)
         self._acc = self._accumulator(pl_module.device)
         n = len(self.steps)  # a layer new to a resumed history gets empty records for earlier steps
         for name in self._layers:
@@ -256,20 +181,22 @@ class SaturationMonitor(StepHistory, Callback):
             )
 
     def _accumulator(self, device: torch.device) -> NetAccumulator:
-        return NetAccumulator(list(self._layers), self._intervals, self.bins, self.range, device)
+        return NetAccumulator(list(self._layers), self._intervals, self.bins, self.value_range, device)
 
     # -- training steps ------------------------------------------------------------------------
 
+    @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
         if self._pending_step is not None and step != self._pending_step:
             self._flush(trainer)
-        if self._layers and is_log_step(step, self._every):
+        if self._layers and is_log_step(step, self._every) and self.record_step(step):
             self._acc.attach(self._layers, self._hooks)
             self._pending_step = step
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -277,68 +204,113 @@ class SaturationMonitor(StepHistory, Callback):
         if self._pending_step is not None and trainer.global_step != self._pending_step:
             self._flush(trainer)
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pending_step is not None:
             self._flush(trainer)
 
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
-    ) -> None:
-        self._hooks.remove()
-
     def _flush(self, trainer: pl.Trainer) -> None:
+        """Reduce the pending step's sums over ranks, append them to the history and log them."""
         step, self._pending_step = self._pending_step, None
         stats = self._acc.summarize(self._acc.reduce(trainer))
         self.steps.append(step)
         for name, s in stats.items():
             for key in self.history[name]:
                 self.history[name][key].append(s[key])
+        self._log(trainer, stats, "", step)
+
+    def _log(
+        self, trainer: pl.Trainer, stats: Mapping[str, Mapping[str, Any]], suffix: str, step: int
+    ) -> None:
         metrics = {}
         for name, s in stats.items():
-            metrics[f"gaaf/saturation/{name}"] = s["saturation"]
-            metrics[f"gaaf/net_mean/{name}"] = s["mean"]
-            metrics[f"gaaf/net_std/{name}"] = s["std"]
-        log_step(trainer, metrics, step, self._histograms(trainer, "net_hist", stats))
+            metrics[f"gaaf/saturation{suffix}/{name}"] = s["saturation"]
+            metrics[f"gaaf/net_mean{suffix}/{name}"] = s["mean"]
+            metrics[f"gaaf/net_std{suffix}/{name}"] = s["std"]
+        hists = sums = None
+        if wants_media(trainer):
+            hists = {f"gaaf/net_hist{suffix}/{name}": (s["hist"], self.edges) for name, s in stats.items()}
+            sums = {f"gaaf/net_hist{suffix}/{name}": (s["sum"], s["sumsq"]) for name, s in stats.items()}
+        log_scalars(trainer, metrics, step, hists, sums)
 
-    def _histograms(self, trainer: pl.Trainer, prefix: str, stats: Mapping[str, Mapping]) -> dict[str, Any]:
-        """``wandb.Histogram`` per layer on the fixed edges (only built when W&B is logging)."""
-        if not wandb_runs(trainer):
-            return {}
-        import wandb
-
-        return {
-            f"gaaf/{prefix}/{name}": wandb.Histogram(np_histogram=(np.asarray(s["hist"]), self.edges))
-            for name, s in stats.items()
-            if s["count"]
-        }
-
-    # -- end of fit ----------------------------------------------------------------------------
-
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # on_train_end, not on_fit_end: the model is still on its device and the ranks still joined.
         self._hooks.remove()
         if self._pending_step is not None:
             self._flush(trainer)
-        if self._layers:
-            acc = self._accumulator(pl_module.device)
-            hooks = HookSet()
-            acc.attach(self._layers, hooks)
-            try:
-                ran = evaluation_pass(trainer, pl_module, self.on_fit_end_split, type(self).__name__)
-            finally:
-                hooks.remove()
-            if ran:
-                self.eval_stats = acc.summarize(acc.reduce(trainer))
-        if trainer.is_global_zero:
-            self._save(trainer)
+        self.save(trainer)
 
+    @override
+    def release(self) -> None:
+        self._hooks.remove()
+        self._eval_hooks.remove()
+        self._pending_step = None  # its sums were not reduced across ranks yet
+        self._eval_acc = None
+
+    # -- held-out data, in Lightning's evaluation loops ------------------------------------------
+
+    def _eval_start(self, pl_module: pl.LightningModule) -> None:
+        if not self._layers:
+            self._find_layers(pl_module)
+        if self._layers:
+            self._eval_acc = self._accumulator(pl_module.device)
+            self._eval_acc.attach(self._layers, self._eval_hooks, skip_extra=False)
+
+    def _eval_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._eval_hooks.remove()
+        acc, self._eval_acc = self._eval_acc, None
+        if acc is None:
+            return
+        self.eval_stats = acc.summarize(acc.reduce(trainer))
+        self._log(trainer, self.eval_stats, f"_{self.split}", trainer.global_step)
+
+    @override
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.split == "test":
+            self._eval_start(pl_module)
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.split == "test":
+            self._eval_end(trainer, pl_module)
+
+    @override
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.split == "test":
+            self.save(trainer)
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.split == "val" and not trainer.sanity_checking:
+            self._eval_start(pl_module)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.split == "val" and not trainer.sanity_checking:
+            self._eval_end(trainer, pl_module)
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # During fit the file is written at the end of training; trainer.validate() writes it here.
+        if self.split == "val" and trainer.state.fn == TrainerFn.VALIDATING:
+            self.save(trainer)
+
+    # -- files -----------------------------------------------------------------------------------
+
+    @override
+    def summary(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, s in (self.eval_stats or {}).items():
+            for key, field in (("saturation", "saturation"), ("net_mean", "mean"), ("net_std", "std")):
+                out[f"gaaf/{key}_{self.split}/{name}"] = s[field]
+        return out
+
+    @override
     def stats(self) -> dict[str, Any]:
-        """Everything recorded so far, in the format of ``stats/saturation.json``."""
         return {
-            "statistic": "saturation",
             "log_every_n_steps": self._every,
             "bins": self.bins,
-            "range": list(self.range),
+            "range": list(self.value_range),
             "edges": self.edges.tolist(),
             "thresholds": {
                 name: {
@@ -353,31 +325,21 @@ class SaturationMonitor(StepHistory, Callback):
             "layers": self.history,
             "eval": None
             if self.eval_stats is None
-            else {"split": self.on_fit_end_split, "layers": self.eval_stats},
+            else {
+                "split": self.split,
+                "layers": {
+                    name: {k: v for k, v in s.items() if k not in ("sum", "sumsq")}
+                    for name, s in self.eval_stats.items()
+                },
+            },
         }
 
-    def _save(self, trainer: pl.Trainer) -> None:
-        stats = self.stats()
-        write_json(stats_dir(trainer) / "saturation.json", stats)
+    @override
+    def draw(self, stats: Mapping[str, Any], out: Path) -> dict[str, Path]:
         images = {}
-        out = report_dir(trainer)
-        if self.steps:
+        if stats["steps"]:
             images["gaaf/report/saturation"] = plots.plot_saturation([("", stats)], out / "saturation.png")
-        split = self.on_fit_end_split
-        if self.eval_stats is not None:
-            images[f"gaaf/report/net_hist_{split}"] = plots.plot_net_hist(
-                [("", stats)], out / f"net_hist_{split}.png"
-            )
-            summary = {}
-            for name, s in self.eval_stats.items():
-                summary[f"gaaf/saturation_{split}/{name}"] = s["saturation"]
-                summary[f"gaaf/net_mean_{split}/{name}"] = s["mean"]
-                summary[f"gaaf/net_std_{split}/{name}"] = s["std"]
-            log_summary(trainer, summary)
-            log_step(
-                trainer,
-                {},
-                trainer.global_step,
-                self._histograms(trainer, f"net_hist_{split}", self.eval_stats),
-            )
-        log_images(trainer, images)
+        if stats["eval"] is not None:
+            name = f"net_hist_{self.split}"
+            images[f"gaaf/report/{name}"] = plots.plot_net_hist([("", stats)], out / f"{name}.png")
+        return images

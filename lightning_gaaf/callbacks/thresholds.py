@@ -21,7 +21,7 @@ from fnmatch import fnmatchcase
 import torch
 from torch import Tensor, nn
 
-from lightning_gaaf.callbacks._utils import plain_activation
+from lightning_gaaf.callbacks._layers import plain_activation
 
 #: Saturated = derivative magnitude below this fraction of its maximum.
 SATURATION_RATIO: float = 0.1

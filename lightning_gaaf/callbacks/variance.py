@@ -1,31 +1,48 @@
-"""NetVariance: how much dropout shakes each node's net (paper Table 3)."""
+"""NetVarMonitor: how much dropout shakes each node's net (paper Table 3)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.seed import isolate_rng
 from torch import Tensor, nn
+from typing_extensions import override
 
-from lightning_gaaf.callbacks import plots
-from lightning_gaaf.callbacks._utils import (
-    HookSet,
-    StepHistory,
-    activation_modules,
-    all_reduce_sum,
+from lightning_gaaf.callbacks._args import (
     check_include,
     check_interval,
-    extra_forwards,
-    finite_means,
     is_log_step,
-    log_step,
-    model_input,
-    require_layers,
+    renamed_arguments,
+    resolve_interval,
 )
+from lightning_gaaf.callbacks._base import StepHistory, finite_means
+from lightning_gaaf.callbacks._hooks import HookSet, extra_forwards
+from lightning_gaaf.callbacks._layers import activation_modules, require_layers
+from lightning_gaaf.callbacks._loggers import all_reduce_sum, log_scalars
+from lightning_gaaf.stats import plots
+
+
+def model_input(batch: Any) -> Any:
+    """What the model's ``forward`` takes from a batch: the batch itself if it is a tensor, its first
+    element for tuples/lists (``(x, y)``), or the ``x``/``input``/``inputs``/``image``/``images`` entry
+    of a dict."""
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch:
+        return batch[0]
+    if isinstance(batch, Mapping):
+        for key in ("x", "input", "inputs", "image", "images"):
+            if key in batch:
+                return batch[key]
+    raise TypeError(
+        f"cannot find the model input in a batch of type {type(batch).__name__}: use a tensor, an (x, y) "
+        "tuple or a dict with an 'x' entry"
+    )
 
 
 class _RepeatVariance:
@@ -67,10 +84,10 @@ class _RepeatVariance:
         return out
 
 
-class NetVariance(StepHistory, Callback):
+class NetVarMonitor(StepHistory):
     """Variance of each node's net over repeated dropout masks, averaged per layer.
 
-    Every ``every_n_steps`` optimizer steps, before the training forward, the first ``max_samples``
+    After optimizer steps N-1, 2N-1, ... (``log_every_n_steps``), before the training forward, the first ``max_samples``
     samples of the current batch are run ``repeats`` more times in train mode under ``no_grad``, each
     time with fresh dropout masks. Forward
     pre-hooks on the activation modules record every node's net (the activation's input) and the
@@ -85,7 +102,7 @@ class NetVariance(StepHistory, Callback):
 
     Without dropout (or other randomness) the variance is exactly zero.
 
-    Cost: ``repeats`` no-grad forwards of ``max_samples`` samples every ``every_n_steps`` steps. The
+    Cost: ``repeats`` no-grad forwards of ``max_samples`` samples every ``log_every_n_steps`` steps. The
     variance is a per-node, per-sample quantity, so a fixed part of the batch estimates the same
     mean as the whole batch at a fraction of the cost: for the paper MLP (batch 128, CPU) probing
     full batches costs about 7 % of training time, 16 samples well under 1 %
@@ -93,26 +110,32 @@ class NetVariance(StepHistory, Callback):
     statistics of that part; ``max_samples=None`` probes the whole batch.
 
     Args:
-        every_n_steps: probe every N optimizer steps.
+        log_every_n_steps: probe every N optimizer steps (Lightning's meaning; None: the trainer's).
         repeats: forwards per probe (at least 2).
         max_samples: samples of the batch used by the probes (None: all).
         include: qualified-name globs of the modules whose input is the net (None: all GAAF /
             supported activation modules).
 
-    Logged on rank 0: ``gaaf/net_var/<layer>``. At the end of fit: the mean over probes as
-    ``gaaf/net_var_mean/<layer>`` in the run summary, ``<run_dir>/stats/net_var.json`` and
-    ``<run_dir>/report/net_var.png``.
+    Logged: ``gaaf/net_var/<layer>`` to every logger and ``callback_metrics``. At the end of fit:
+    the mean over probes as ``gaaf/net_var_mean/<layer>`` in the run summary,
+    ``stats/net_var.json`` and ``report/net_var.png``.
     """
+
+    statistic = "net_var"
 
     def __init__(
         self,
-        every_n_steps: int = 100,
+        log_every_n_steps: int | None = 100,
         repeats: int = 20,
         max_samples: int | None = 16,
         include: list[str] | None = None,
+        **deprecated: Any,
     ) -> None:
+        super().__init__()
         owner = type(self).__name__
-        self.every_n_steps = check_interval(owner, "every_n_steps", every_n_steps, allow_none=False)
+        old = renamed_arguments(owner, deprecated, {"every_n_steps": "log_every_n_steps"})
+        log_every_n_steps = old.get("log_every_n_steps", log_every_n_steps)
+        self.log_every_n_steps = check_interval(owner, "log_every_n_steps", log_every_n_steps)
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
             raise ValueError(
                 f"{owner}: repeats must be an integer >= 2 (a variance needs two samples), got {repeats!r}"
@@ -121,30 +144,37 @@ class NetVariance(StepHistory, Callback):
         self.max_samples = check_interval(owner, "max_samples", max_samples)
         self.include = check_include(owner, include)
         self._layers: dict[str, nn.Module] = {}
-        self.steps: list[int] = []
-        self.history: dict[str, list[float]] = {}
+        self._every = 0
 
+    @override
+    def _state_key_args(self) -> dict[str, Any]:
+        return {
+            "log_every_n_steps": self.log_every_n_steps,
+            "repeats": self.repeats,
+            "max_samples": self.max_samples,
+            "include": self.include,
+        }
+
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._layers = activation_modules(pl_module, self.include)
         require_layers(type(self).__name__, self._layers, "activation modules")
+        self._every = resolve_interval(self.log_every_n_steps, trainer.log_every_n_steps)
         for name in self._layers:
             self.history.setdefault(name, [math.nan] * len(self.steps))
 
+    @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if (
-            not self._layers
-            or not is_log_step(step, self.every_n_steps)
-            or (self.steps and self.steps[-1] == step)
-        ):
+        if not self._layers or not is_log_step(step, self._every) or not self.record_step(step):
             return
         values = self.probe(trainer, pl_module, batch)
         self.steps.append(step)
         for name, value in values.items():
             self.history[name].append(value)
-        log_step(trainer, {f"gaaf/net_var/{name}": v for name, v in values.items()}, step)
+        log_scalars(trainer, {f"gaaf/net_var/{name}": v for name, v in values.items()}, step)
 
     def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> dict[str, float]:
         """Mean per-node net variance of each layer over ``repeats`` forwards of ``batch``."""
@@ -173,25 +203,32 @@ class NetVariance(StepHistory, Callback):
         totals = all_reduce_sum(trainer, torch.stack(rows)).cpu().tolist()  # one collective, one transfer
         return {name: s / c if c else math.nan for name, (s, c) in zip(names, totals, strict=True)}
 
+    @override
     def summary(self) -> dict[str, float]:
-        """Mean net variance over all logged steps, per layer (paper Table 3)."""
-        return finite_means(self.history)
+        """Mean net variance over all logged steps per layer (paper Table 3), by summary key."""
+        return {f"gaaf/net_var_mean/{name}": v for name, v in finite_means(self.history).items()}
 
+    @override
     def stats(self) -> dict[str, Any]:
-        """The format of ``stats/net_var.json``."""
         return {
-            "statistic": "net_var",
             "definition": "per-node variance of the net over repeated dropout masks, mean over nodes and samples",
-            "every_n_steps": self.every_n_steps,
+            "log_every_n_steps": self._every,
             "repeats": self.repeats,
             "max_samples": self.max_samples,
             "steps": list(self.steps),
             "layers": {name: list(values) for name, values in self.history.items()},
-            "summary": self.summary(),
+            "summary": finite_means(self.history),
         }
 
+    @override
+    def draw(self, stats: Mapping[str, Any], out: Path) -> dict[str, Path]:
+        if not stats["steps"]:
+            return {}
+        return {"gaaf/report/net_var": plots.plot_net_var([("", stats)], out / "net_var.png")}
+
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.publish(trainer, "net_var", plots.plot_net_var)
+        self.save(trainer)
 
 
 def _recorder(tracker: _RepeatVariance):

@@ -19,7 +19,7 @@ LightningCLI override works (``--trainer.max_epochs 3``, ``--model.optimizer.lr 
 * **one run directory** -- ``runs/<config name>/version_N/`` (or ``--run_dir``, or an explicit
   ``--trainer.default_root_dir``) holds ``config.yaml``, ``checkpoints/`` and the W&B files.
 * **defaults** -- a ``WandbLogger`` (project ``lightning-gaaf``, offline unless ``WANDB_MODE`` is set),
-  a ``ModelCheckpoint`` on ``val/acc``, a ``MetricsHistory`` (``stats/metrics.json``), and the
+  a ``ModelCheckpoint`` on ``val/acc``, a ``MetricsMonitor`` (``stats/metrics.json``), and the
   number of classes linked from the data into the model.
 * **resume** -- ``--ckpt_path last|best|PATH`` continues a run in its run directory and W&B run;
   SIGTERM / Ctrl-C stop after the current batch with exit status 143 / 130 (docs/resume.md).
@@ -50,7 +50,7 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from lightning_gaaf.callback import GAAFCallback
-from lightning_gaaf.callbacks.history import MetricsHistory
+from lightning_gaaf.callbacks import MetricsMonitor
 from lightning_gaaf.cli import run_control
 from lightning_gaaf.cli.bundled import format_config_list
 from lightning_gaaf.cli.checkpoints import LastCheckpoint, RandomState
@@ -318,9 +318,9 @@ class GaafCLI(LightningCLI):
             options = {k: v for k, v in gaaf.items() if k != "enabled"}
             # First, so that monitors registering hooks in their own setup see the GAAF modules.
             callbacks.insert(0, GAAFCallback(**options))
-        if not any(isinstance(c, MetricsHistory) for c in callbacks):
+        if not any(isinstance(c, MetricsMonitor) for c in callbacks):
             # Epoch metrics in <run_dir>/stats/metrics.json: gaaf-reproduce and gaaf-report read them.
-            callbacks.append(MetricsHistory())
+            callbacks.append(MetricsMonitor())
         if trainer_cfg.get("enable_checkpointing") is not False and not any(
             isinstance(c, ModelCheckpoint) for c in callbacks
         ):

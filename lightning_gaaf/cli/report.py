@@ -1,31 +1,30 @@
 """gaaf-report: draw the monitors' figures for finished runs side by side, from their saved stats.
 
 ``gaaf-report RUN_DIR [RUN_DIR ...] --out DIR [--labels A B ...]`` reads ``<run_dir>/stats/``
-(``metrics.json``, ``grad_info.json``, ``saturation.json``, ``net_var.json``, ``weights.json``,
-``node_correlation.csv``; whichever exist) and writes one PNG per statistic into ``DIR``, each
-with one line or bar per run. No W&B access is needed.
+(the files of :data:`lightning_gaaf.stats.FILES`, whichever exist, also those of older versions)
+and writes one PNG per statistic into ``DIR``, each with one line or bar per run. No W&B access
+is needed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_gaaf.callbacks import plots
-from lightning_gaaf.callbacks.correlation import read_rows
+from lightning_gaaf.stats import FILES, StatsFileError, find_stats_file, plots, read_stats
 
-#: stats file -> (figure file, drawing function); the eval histogram's name follows its split.
+#: statistic -> (figure file, drawing function); the eval histogram's name follows its split.
 FIGURES: dict[str, tuple[str, Callable[[Sequence[plots.Run], Path], Path]]] = {
-    "metrics.json": ("metrics.png", plots.plot_metrics),
-    "grad_info.json": ("grad_info.png", plots.plot_grad_info),
-    "saturation.json": ("saturation.png", plots.plot_saturation),
-    "net_var.json": ("net_var.png", plots.plot_net_var),
-    "weights.json": ("weight_hist.png", plots.plot_weight_hist),
-    "node_correlation.csv": ("node_correlation.png", plots.plot_node_correlation),
+    "metrics": ("metrics.png", plots.plot_metrics),
+    "grad_info": ("grad_info.png", plots.plot_grad_info),
+    "grad_scale": ("grad_scale.png", plots.plot_grad_scale),
+    "saturation": ("saturation.png", plots.plot_saturation),
+    "net_var": ("net_var.png", plots.plot_net_var),
+    "weight_hist": ("weight_hist.png", plots.plot_weight_hist),
+    "node_correlation": ("node_correlation.png", plots.plot_node_correlation),
 }
 
 
@@ -36,23 +35,21 @@ class ReportError(Exception):
 def stats_dir_of(run_dir: Path) -> Path:
     """``RUN_DIR/stats`` (or RUN_DIR itself when it already is a stats directory)."""
     for candidate in (run_dir / "stats", run_dir):
-        if candidate.is_dir() and any((candidate / name).is_file() for name in FIGURES):
+        if candidate.is_dir() and any(find_stats_file(candidate, name) for name in FIGURES):
             return candidate
     if not run_dir.is_dir():
         raise ReportError(f"gaaf-report: {run_dir} is not a directory")
     raise ReportError(
         f"gaaf-report: {run_dir} has no statistics: expected {run_dir / 'stats'} with one of "
-        f"{', '.join(FIGURES)} (written at the end of a fit with the lightning_gaaf.callbacks monitors)"
+        f"{', '.join(FILES[name] for name in FIGURES)} (written by the lightning_gaaf.callbacks monitors)"
     )
 
 
 def _load(path: Path) -> Any:
     try:
-        if path.suffix == ".csv":
-            return read_rows(path)
-        return json.loads(path.read_text())
-    except (OSError, ValueError, KeyError) as err:
-        raise ReportError(f"gaaf-report: cannot read {path}: {err}") from None
+        return read_stats(path)
+    except StatsFileError as err:
+        raise ReportError(f"gaaf-report: {err}") from None
 
 
 def run_labels(run_dirs: Sequence[Path], labels: Sequence[str] | None) -> list[str]:
@@ -71,13 +68,13 @@ def run_labels(run_dirs: Sequence[Path], labels: Sequence[str] | None) -> list[s
     return [str(d) for d in run_dirs]
 
 
-def _has_series(filename: str, stats: Any) -> bool:
+def _has_series(statistic: str, stats: Any) -> bool:
     """Whether a stats file holds anything to draw (a short run may end before the first record)."""
-    if filename == "node_correlation.csv":
-        return bool(stats)
-    if filename == "metrics.json":
+    if statistic == "node_correlation":
+        return bool(stats.get("rows"))
+    if statistic == "metrics":
         return bool(stats.get("epochs"))
-    if filename == "weights.json":
+    if statistic == "weight_hist":
         return bool(stats.get("layers"))
     return bool(stats.get("steps"))
 
@@ -91,17 +88,17 @@ def make_report(run_dirs: Sequence[Path], out: Path, labels: Sequence[str] | Non
     stats_dirs = [stats_dir_of(d) for d in dirs]
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for filename, (figure, draw) in FIGURES.items():
+    for statistic, (figure, draw) in FIGURES.items():
         runs = [
-            (label, _load(sd / filename))
+            (label, _load(path))
             for label, sd in zip(names, stats_dirs, strict=True)
-            if (sd / filename).is_file()
+            if (path := find_stats_file(sd, statistic)) is not None
         ]
         if not runs:
             continue
-        if any(_has_series(filename, stats) for _, stats in runs):
+        if any(_has_series(statistic, stats) for _, stats in runs):
             written.append(draw(runs, out / figure))
-        if filename == "saturation.json":
+        if statistic == "saturation":
             with_eval = [(label, s) for label, s in runs if s.get("eval")]
             if with_eval:
                 split = with_eval[0][1]["eval"]["split"]

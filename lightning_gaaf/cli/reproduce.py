@@ -6,8 +6,8 @@
 
 * ``table4.md``: test accuracy and epochs to converge, mean (std) over seeds, beside the paper's;
 * ``table2.md``: gradient information (mean |dE/dW|, paper Eq. 5) per layer and model;
-* ``table1.md``: node pairs per layer with |corr| above 0.9 ... 0.5 on the test set (NodeCorrelation);
-* ``table3.md``: net variance per layer under dropout, 20 masks, at the run's last probe (NetVariance);
+* ``table1.md``: node pairs per layer with |corr| above 0.9 ... 0.5 on the test set (NodeCorrelationMonitor);
+* ``table3.md``: net variance per layer under dropout, 20 masks, at the run's last probe (NetVarMonitor);
 * ``nets_test.png``: net-value distributions per layer on the test set, base vs dropout vs GAAF;
 * ``results.json``: every per-run number, the command, package versions, hardware, wall time.
 
@@ -41,9 +41,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from lightning_gaaf.callbacks.correlation import read_rows
 from lightning_gaaf.cli.bundled import configs_dir
 from lightning_gaaf.cli.reproduce_tables import MODELS, PAPER_TABLE4, table1, table2, table3, table4
+from lightning_gaaf.stats import find_stats_file, read_stats
 
 __all__ = ["MODELS", "PAPER_TABLE4", "main"]
 
@@ -86,11 +86,11 @@ def run_args(args: argparse.Namespace, configs: Path, model: str, seed: int, run
         DATAMODULE[args.dataset],
     ]
     if model == "dropout":
-        # Table 3: the config's last callback is NetVariance; these set its arguments (20 masks on one
+        # Table 3: the config's last callback is NetVarMonitor; these set its arguments (20 masks on one
         # batch of 128, the paper's setting; in --quick, probes often enough to have some).
         cmd += ["--trainer.callbacks.max_samples=128"]
         if args.quick:
-            cmd += ["--trainer.callbacks.every_n_steps=4"]
+            cmd += ["--trainer.callbacks.log_every_n_steps=4"]
     cmd += [
         "--trainer.max_epochs",
         str(args.max_epochs),
@@ -107,7 +107,7 @@ def run_args(args: argparse.Namespace, configs: Path, model: str, seed: int, run
         "--trainer.callbacks.filename=best-epoch{epoch:03d}",
         "--trainer.callbacks.save_top_k=1",
         # Table 1: node correlations of every hidden layer on the test set, at the end of fit.
-        "--trainer.callbacks+=lightning_gaaf.callbacks.NodeCorrelation",
+        "--trainer.callbacks+=lightning_gaaf.callbacks.NodeCorrelationMonitor",
     ]
     if args.data_dir:
         cmd += ["--data.init_args.root", str(args.data_dir)]
@@ -136,10 +136,10 @@ def summarize_run(run_dir: Path, max_epochs: int) -> dict[str, Any]:
     assert metrics is not None
     epochs = [e for e in metrics["epochs"] if "val/loss" in e]
     best = min(epochs, key=lambda e: e["val/loss"])
-    grad_path = run_dir / "stats" / "grad_info.json"
-    grad = json.loads(grad_path.read_text()).get("summary", {}) if grad_path.is_file() else {}
-    corr_path = run_dir / "stats" / "node_correlation.csv"
-    var_path = run_dir / "stats" / "net_var.json"
+    stats = {
+        statistic: read_stats(path) if (path := find_stats_file(run_dir / "stats", statistic)) else None
+        for statistic in ("grad_info", "node_correlation", "net_var")
+    }
     return {
         "test_acc": 100.0 * metrics["test"]["test/acc"],
         "test_loss": metrics["test"].get("test/loss"),
@@ -148,15 +148,15 @@ def summarize_run(run_dir: Path, max_epochs: int) -> dict[str, Any]:
         "best_val_acc": None if best.get("val/acc") is None else 100.0 * best["val/acc"],
         "epochs_trained": len(metrics["epochs"]),
         "hit_cap": len(metrics["epochs"]) >= max_epochs,
-        "grad_info": grad,
-        "node_correlation": read_rows(corr_path) if corr_path.is_file() else None,
-        "net_var": json.loads(var_path.read_text()) if var_path.is_file() else None,
+        "grad_info": (stats["grad_info"] or {}).get("summary", {}),
+        "node_correlation": (stats["node_correlation"] or {}).get("rows"),
+        "net_var": stats["net_var"],
     }
 
 
 def net_figure(out: Path, run_dirs: dict[str, Path]) -> Path | None:
     """Net distributions per layer on test data, one run per model (the first seed)."""
-    from lightning_gaaf.callbacks import plots
+    from lightning_gaaf.stats import plots
 
     stats = []
     for model, run_dir in run_dirs.items():

@@ -111,7 +111,7 @@ def table2(runs: dict[str, list[dict[str, Any]]]) -> str:
 def table1(runs: dict[str, list[dict[str, Any]]]) -> str:
     """Node pairs per layer with |corr| above each threshold on the test set, mean over seeds, per model.
 
-    Each run's ``node_correlation`` is the rows of its ``stats/node_correlation.csv`` (NodeCorrelation).
+    Each run's ``node_correlation`` is the rows of its ``stats/node_correlation.json`` (NodeCorrelationMonitor).
     """
     thresholds: list[float] = []
     layers: list[str] = []
@@ -161,7 +161,7 @@ def table1(runs: dict[str, list[dict[str, Any]]]) -> str:
 def table3(runs: dict[str, list[dict[str, Any]]]) -> str:
     """Average net variance per layer under dropout, at the last probe of each run (near convergence).
 
-    Each run's ``net_var`` is its ``stats/net_var.json`` (NetVariance); models without dropout have none.
+    Each run's ``net_var`` is its ``stats/net_var.json`` (NetVarMonitor); models without dropout have none.
     """
     lines = []
     rows = []
@@ -188,11 +188,11 @@ def table3(runs: dict[str, list[dict[str, Any]]]) -> str:
             f"Per-node variance of the net (activation input) over {', '.join(map(str, repeats))} dropout masks "
             f"on the first {', '.join(samples)} samples of one training batch, at the last probe of each run "
             f"(optimizer step {', '.join(map(str, steps))}), averaged over the layer's nodes and samples "
-            "(NetVariance); mean (sample std) over seeds.",
+            "(NetVarMonitor); mean (sample std) over seeds.",
             "",
         ]
     lines += ["| model | layer | net variance | seeds |", "|---|---|---|---|", *rows]
     if not rows:
-        lines.append("| (no run recorded NetVariance) | | | |")
+        lines.append("| (no run recorded NetVarMonitor) | | | |")
     lines += ["", PAPER_NOT_AVAILABLE]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,111 @@
+"""What every monitor shares: its ``state_key``, checkpointed history, and writing ``stats/`` + ``report/``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+from typing_extensions import override
+
+from lightning_gaaf.callbacks._loggers import log_images, log_summary, report_dir, stats_dir
+from lightning_gaaf.stats import write_stats
+
+
+class Monitor(Callback):
+    """Base of the monitors: subclasses set ``statistic`` and implement :meth:`stats`.
+
+    * ``state_key`` is built from the class name and the arguments that change what is recorded, so
+      two monitors of one class with different arguments keep separate states in a checkpoint.
+    * :meth:`save` writes ``stats/<statistic>.json`` (rank 0), draws the monitor's figures into
+      ``report/`` and logs them; on any exception ending a fit, validate or test run
+      (``on_exception``) the file is written with ``"partial": true`` so nothing recorded is lost.
+    """
+
+    statistic: ClassVar[str]
+    #: Whether :meth:`summary` only repeats scalars already logged (then only W&B's summary gets it).
+    summary_is_logged: ClassVar[bool] = False
+
+    def _state_key_args(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(**self._state_key_args())
+
+    def stats(self) -> dict[str, Any]:
+        """Everything recorded so far, in the layout of ``stats/<statistic>.json``."""
+        raise NotImplementedError
+
+    def summary(self) -> dict[str, float]:
+        """Whole-run numbers for the loggers' run summary (``gaaf/<statistic>_mean/<layer>``...)."""
+        return {}
+
+    def draw(self, stats: Mapping[str, Any], out: Path) -> dict[str, Path]:
+        """Draw the figures of ``stats`` into ``out``; return ``{logger key: png path}``."""
+        return {}
+
+    def save(self, trainer: pl.Trainer, partial: bool = False) -> None:
+        """Rank 0: the stats file, the figures and (unless ``partial``) the summary and images for the loggers."""
+        if not trainer.is_global_zero:
+            return
+        stats = self.stats()
+        write_stats(stats_dir(trainer), self.statistic, stats, partial=partial)
+        images = self.draw(stats, report_dir(trainer))
+        if not partial:
+            log_summary(trainer, self.summary(), others=not self.summary_is_logged)
+            log_images(trainer, images, trainer.global_step)
+
+    def release(self) -> None:
+        """Remove hooks and forget unfinished accumulations (called on exceptions)."""
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self.release()
+        try:
+            self.save(trainer, partial=True)
+        except Exception as err:  # never hide the exception that ended the run
+            rank_zero_warn(f"{type(self).__name__}: could not save the partial statistics ({err})")
+
+
+class StepHistory(Monitor):
+    """A monitor recording per-layer values at optimizer steps: ``steps`` and ``history`` are checkpointed.
+
+    A resumed fit continues the history. Only a fresh monitor takes the checkpoint's history:
+    ``trainer.test(ckpt_path="best")`` restores callback states too and must not cut a finished
+    history back to the best epoch.
+    """
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.history: dict[str, Any] = {}
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": list(self.steps), "history": self.history}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not self.steps:
+            self.steps = list(state_dict.get("steps", []))
+            self.history = state_dict.get("history", {})
+
+    def record_step(self, step: int) -> bool:
+        """Whether ``step`` is new (a resumed fit may replay the step it was saved at)."""
+        return not self.steps or step > self.steps[-1]
+
+
+def finite_means(history: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """Mean of the finite values of each layer's history (NaN where there is none)."""
+    out = {}
+    for name, values in history.items():
+        kept = [v for v in values if v is not None and math.isfinite(v)]
+        out[name] = sum(kept) / len(kept) if kept else math.nan
+    return out

@@ -15,25 +15,18 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 EXPERIMENTS = sorted(p for p in CONFIGS.glob("*.yaml"))
 
-#: Overrides that shrink a fit to seconds on the synthetic datasets (n_train=256, n_test=64).
-TINY = [
-    "--trainer.max_epochs",
-    "1",
-    "--trainer.limit_train_batches",
-    "4",
-    "--trainer.limit_val_batches",
-    "2",
-    "--trainer.limit_test_batches",
-    "2",
-    "--trainer.log_every_n_steps",
-    "2",
-    "--data.val_size",
-    "64",
-    "--data.batch_size",
-    "16",
-    "--trainer.enable_progress_bar",
-    "false",
-]
+
+def tiny(max_epochs: int = 1, train_batches: int = 4) -> list[str]:
+    """Overrides that shrink a fit to seconds on the synthetic datasets (n_train=256, n_test=64)."""
+    return [
+        *("--trainer.max_epochs", str(max_epochs), "--trainer.limit_train_batches", str(train_batches)),
+        *("--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2"),
+        *("--trainer.log_every_n_steps", "2", "--data.val_size", "64", "--data.batch_size", "16"),
+        *("--trainer.enable_progress_bar", "false"),
+    ]
+
+
+TINY = tiny()
 
 
 def fit_env(data_dir: Path | str, **extra: str) -> dict[str, str]:

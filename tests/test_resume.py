@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import torch
-from _cli_helpers import CONFIGS, fit_command, fit_env, run_fit
+from _cli_helpers import CONFIGS, fit_command, fit_env, run_fit, tiny
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_gaaf.cli.fit import main
@@ -34,26 +34,7 @@ HERE = Path(__file__).resolve().parent
 STEPS_PER_EPOCH = 6
 EPOCHS = 3
 #: 3 epochs of 6 steps; the monitors log every 2 steps.
-ARGS = [
-    "--config",
-    str(CONFIGS / "mnist_gaaf.yaml"),
-    "--trainer.max_epochs",
-    str(EPOCHS),
-    "--trainer.limit_train_batches",
-    str(STEPS_PER_EPOCH),
-    "--trainer.limit_val_batches",
-    "2",
-    "--trainer.limit_test_batches",
-    "2",
-    "--trainer.log_every_n_steps",
-    "2",
-    "--data.val_size",
-    "64",
-    "--data.batch_size",
-    "16",
-    "--trainer.enable_progress_bar",
-    "false",
-]
+ARGS = ["--config", str(CONFIGS / "mnist_gaaf.yaml"), *tiny(EPOCHS, STEPS_PER_EPOCH)]
 EXACT = {"weights": 0.0, "metrics": 0.0, "grad_info.json": 0.0, "saturation.json": 0.0, "wandb": 0.0}
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
 STATS = ("metrics.json", "grad_info.json", "saturation.json")

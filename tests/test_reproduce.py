@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_gaaf.callbacks.correlation import read_rows
 from lightning_gaaf.cli import reproduce
 from lightning_gaaf.cli.reproduce_tables import PAPER_NOT_AVAILABLE, paired_difference
 from lightning_gaaf.datamodules.synthetic import write_mnist
+from lightning_gaaf.stats import find_stats_file, read_stats
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -76,8 +76,9 @@ def test_quick_reproduction_writes_tables_json_and_figure(quick_run):
         for m in ("base", "dropout", "gaaf")
         for layer in ("act1", "act2", "act3")
     ]
-    csv_rows = read_rows(Path(results["runs"]["gaaf"][0]["run_dir"]) / "stats" / "node_correlation.csv")
-    first = next(r for r in csv_rows if r["layer"] == "backbone.act1" and r["threshold"] == 0.9)
+    stats = Path(results["runs"]["gaaf"][0]["run_dir"]) / "stats"
+    saved_rows = read_stats(find_stats_file(stats, "node_correlation"))["rows"]
+    first = next(r for r in saved_rows if r["layer"] == "backbone.act1" and r["threshold"] == 0.9)
     gaaf_row = next(row for row in rows if row.startswith("| gaaf | backbone.act1 |"))
     share = 100 * first["pairs"] / first["total_pairs"]
     assert f"| {first['pairs']} ({share:.1f} %) |" in gaaf_row

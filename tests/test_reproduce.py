@@ -187,7 +187,9 @@ def test_tuned_comparison_selects_on_validation_and_retrains(tmp_path):
             config = yaml.safe_load((Path(run["run_dir"]) / "config.yaml").read_text())
             assert config["seed_everything"] == run["seed"]
             lr = study["best"]["params"]["model.optimizer.init_args.lr"]
-            assert config["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(lr)  # the selected value
+            assert config["model"]["init_args"]["optimizer"]["init_args"]["lr"] == pytest.approx(
+                lr
+            )  # the selected value
         row = next(line for line in table.splitlines() if line.startswith(f"| {model} |"))
         mean = sum(r["test_acc"] for r in runs) / 2
         assert f"| {100 * study['best']['value']:.2f} | {mean:.2f} (" in row

@@ -167,7 +167,7 @@ def test_tiny_search_writes_a_runnable_best_config_and_continues(tmp_path, data_
     for t in trials:  # the trial really trained with its learning rate and never ran the test set
         run_dir = Path(t.user_attrs["run_dir"])
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        assert saved["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(
+        assert saved["model"]["init_args"]["optimizer"]["init_args"]["lr"] == pytest.approx(
             t.params["model.optimizer.init_args.lr"]
         )
         assert json.loads((run_dir / "stats" / "metrics.json").read_text())["test"] == {}
@@ -189,7 +189,7 @@ def test_tiny_search_writes_a_runnable_best_config_and_continues(tmp_path, data_
     best_yaml = (out / "best.yaml").read_text()
     assert f"trial {best.number}" in best_yaml.splitlines()[0]
     config = yaml.safe_load(best_yaml)
-    assert config["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(
+    assert config["model"]["init_args"]["optimizer"]["init_args"]["lr"] == pytest.approx(
         best.params["model.optimizer.init_args.lr"]
     )
     assert "TrialPruning" not in best_yaml and config["trainer"]["limit_test_batches"] == 2  # TINY's, not 0

@@ -411,6 +411,11 @@ def main(args: Sequence[str] | None = None) -> None:
             run_control.report_interruption(PROG, code, trainer)
             run_control.mark_wandb_interrupted(trainer, signals.received)
             _finish_wandb(trainer, exit_code=code)
+            if not owns_run_dir_env:
+                # A worker process that this program's rank 0 started for DDP: rank 0 reports the
+                # status. A non-zero exit here makes Lightning's launcher SIGKILL rank 0 (and the rest)
+                # before rank 0 has finished its own graceful stop.
+                raise SystemExit(0) from None
             raise SystemExit(code) from None
         except BaseException as exc:
             user_error = isinstance(exc, RUN_ERRORS)

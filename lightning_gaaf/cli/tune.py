@@ -297,7 +297,11 @@ def _fit_in_process(fit_args: list[str], log: Path) -> int:
             _Signals.received = signal.SIGTERM
             return 128 + signal.SIGTERM
         except SystemExit as exc:
-            return exc.code if isinstance(exc.code, int) else 1
+            code = exc.code if isinstance(exc.code, int) else 1
+            if code in (128 + signal.SIGTERM, 128 + signal.SIGINT):
+                # gaaf-fit stopped on a signal (its own handler took it from ours): stop the worker too.
+                _Signals.received = code - 128
+            return code
         except Exception:  # a crash of one trial: keep its traceback in its log, go on with the next
             traceback.print_exc()
             return 1

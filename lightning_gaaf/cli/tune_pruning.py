@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,28 @@ class PrunerSpecError(ValueError):
     """A ``--pruner`` value that names no known pruner or has bad numbers."""
 
 
+def _rdb_storage(spec: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage; a fresh database's schema is created by whichever process comes first.
+
+    Workers started together on an empty database race to create Optuna's tables (PostgreSQL
+    answers the loser with a unique violation on its catalogue): the loser tries again and then
+    finds the tables made.
+    """
+    for attempt in range(1, attempts):
+        try:
+            return optuna.storages.RDBStorage(spec, engine_kwargs={"pool_pre_ping": True})
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            time.sleep(0.5 * attempt)
+    return optuna.storages.RDBStorage(spec, engine_kwargs={"pool_pre_ping": True})
+
+
 def open_storage(spec: str) -> optuna.storages.BaseStorage:
     """``spec`` is a database URL (``sqlite:///f.db``, ``postgresql://user@host/db``, ``mysql://...``:
     Optuna's RDB storage, which several processes and machines can share) or a file path (an Optuna
     journal file: nothing to start, safe for several processes on one machine)."""
     if "://" in spec:
         try:
-            return optuna.storages.RDBStorage(spec, engine_kwargs={"pool_pre_ping": True})
+            return _rdb_storage(spec)
         except sqlalchemy.exc.ArgumentError as exc:
             raise StorageError(
                 f"storage {spec.split('@')[-1]!r}: not a usable database URL ({exc})"

@@ -14,13 +14,14 @@ moves by at most ``0.5/K * |s(x)|`` while the backward pass returns ``phi'(x) + 
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
+from lightning_gaaf._deprecation import renamed_attributes
 from lightning_gaaf.activations.backends import BACKENDS, get_backend, set_backend, use_backend
 from lightning_gaaf.activations.catalog import (
     CATALOG,
     ActivationSpec,
     activation_classes,
+    activation_factories,
     activation_from_name,
     register_activation,
     unregister_activation,
@@ -81,20 +82,17 @@ def compile_enabled() -> bool:
     return get_backend() != "eager"
 
 
-def __getattr__(name: str) -> Any:
-    """Old names, derived from the catalogue (deprecated)."""
-    if name == "SUPPORTED_ACTIVATIONS":
-        warnings.warn(
+#: Old names, derived from the catalogue (deprecated).
+__getattr__ = renamed_attributes(
+    __name__,
+    {
+        "SUPPORTED_ACTIVATIONS": (
+            activation_classes,
             "SUPPORTED_ACTIVATIONS is deprecated: use lightning_gaaf.activations.activation_classes()",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return activation_classes()
-    if name == "ACTIVATIONS":
-        warnings.warn(
+        ),
+        "ACTIVATIONS": (
+            activation_factories,
             "ACTIVATIONS is deprecated: use CATALOG and activation_from_name(name)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return {spec_name: (lambda n=spec_name: activation_from_name(n)) for spec_name in CATALOG}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        ),
+    },
+)

@@ -451,6 +451,11 @@ def activation_from_name(name: str) -> nn.Module:
     return spec.build(*spec.defaults)
 
 
+def activation_factories() -> dict[str, Callable[[], nn.Module]]:
+    """Catalogue name -> a factory of a fresh module (the layout of the former ``ACTIVATIONS`` tables)."""
+    return {name: functools.partial(activation_from_name, name) for name in CATALOG}
+
+
 def _qualname(obj: Any) -> str:
     module = getattr(obj, "__module__", "") or ""
     name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or type(obj).__name__

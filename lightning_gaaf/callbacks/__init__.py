@@ -10,9 +10,7 @@ names, arguments, keys and files are tabulated in ``docs/monitors.md``.
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
-
+from lightning_gaaf._deprecation import renamed_attributes
 from lightning_gaaf.callbacks.correlation import NodeCorrelationMonitor
 from lightning_gaaf.callbacks.gradient import GradInfoMonitor
 from lightning_gaaf.callbacks.guard import GradScaleMonitor
@@ -44,13 +42,13 @@ DEPRECATED_NAMES: dict[str, type] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in DEPRECATED_NAMES:
-        new = DEPRECATED_NAMES[name]
-        warnings.warn(
-            f"lightning_gaaf.callbacks.{name} is deprecated, use lightning_gaaf.callbacks.{new.__name__}",
-            DeprecationWarning,
-            stacklevel=2,
+__getattr__ = renamed_attributes(
+    __name__,
+    {
+        old: (
+            lambda new=new: new,
+            f"lightning_gaaf.callbacks.{old} is deprecated, use lightning_gaaf.callbacks.{new.__name__}",
         )
-        return new
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        for old, new in DEPRECATED_NAMES.items()
+    },
+)

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from typing_extensions import override
 
+from lightning_gaaf._deprecation import renamed_attributes
 from lightning_gaaf.callbacks._base import Monitor
 from lightning_gaaf.callbacks._loggers import report_dir, stats_dir
 from lightning_gaaf.stats import plots, write_stats
@@ -137,14 +138,12 @@ class MetricsMonitor(Monitor):
             self.epochs = list(state_dict.get("epochs", []))
 
 
-def __getattr__(name: str) -> Any:
-    if name == "MetricsHistory":
-        import warnings
-
-        warnings.warn(
+__getattr__ = renamed_attributes(
+    __name__,
+    {
+        "MetricsHistory": (
+            lambda: MetricsMonitor,
             "MetricsHistory is deprecated, use lightning_gaaf.callbacks.MetricsMonitor",
-            DeprecationWarning,
-            stacklevel=2,
         )
-        return MetricsMonitor
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    },
+)

@@ -8,12 +8,10 @@ config field name to its error.
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
-
 from torch import nn
 
-from lightning_gaaf.activations.catalog import CATALOG, activation_from_name, spec_by_name
+from lightning_gaaf._deprecation import renamed_attributes
+from lightning_gaaf.activations.catalog import activation_factories, activation_from_name, spec_by_name
 
 __all__ = ["check_activation", "make_activation"]
 
@@ -32,12 +30,12 @@ def make_activation(name: str) -> nn.Module:
     return activation_from_name(check_activation(name))
 
 
-def __getattr__(name: str) -> Any:
-    if name == "ACTIVATIONS":
-        warnings.warn(
+__getattr__ = renamed_attributes(
+    __name__,
+    {
+        "ACTIVATIONS": (
+            activation_factories,
             "lightning_gaaf.models.ACTIVATIONS is deprecated: use lightning_gaaf.activations.CATALOG",
-            DeprecationWarning,
-            stacklevel=2,
         )
-        return {n: (lambda n=n: activation_from_name(n)) for n in CATALOG}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    },
+)

@@ -123,6 +123,21 @@ def two_of_each():
     ]
 
 
+class CountingGradInfo(GradInfoMonitor):
+    built = 0
+
+    def _state_key_args(self):
+        type(self).built += 1
+        return super()._state_key_args()
+
+
+def test_state_key_is_built_once_though_lightning_reads_it_at_every_hook(tmp_path):
+    monitor = CountingGradInfo(log_every_n_steps=1)
+    trainer(tmp_path, [monitor], max_steps=3).fit(TinyModule(mlp()), datamodule=TinyData())
+    assert CountingGradInfo.built == 1
+    assert monitor.state_key == "CountingGradInfo{'log_every_n_steps': 1}"
+
+
 def test_two_instances_of_one_monitor_survive_a_checkpoint_round_trip(tmp_path):
     first = two_of_each()
     assert len({c.state_key for c in first}) == 4

@@ -138,3 +138,15 @@ def test_fractions_on_a_fixed_unit_axis_and_integer_step_ticks():
     (ax,) = [a for a in plots.metrics_figure([("", metrics)]).axes if a.get_visible()]
     assert ax.get_ylim() == (0.0, 1.0)
     assert all(float(t).is_integer() for t in ax.get_xticks())
+
+
+def test_metrics_figure_draws_training_curves_not_per_layer_monitor_values():
+    metrics = {
+        "epochs": [
+            {"epoch": e, "step": e, "train/loss": 1.0 / e, "val/acc": 0.9, "gaaf/grad_info/fc1": 0.1}
+            for e in (1, 2)
+        ],
+        "test": {},
+    }
+    titles = [a.get_title() for a in plots.metrics_figure([("", metrics)]).axes if a.get_visible()]
+    assert titles == ["train/loss", "val/acc"]

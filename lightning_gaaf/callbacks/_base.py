@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -12,6 +12,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
+from lightning_gaaf.callbacks._args import check_interval, is_log_step, resolve_interval
 from lightning_gaaf.callbacks._loggers import log_images, log_summary, report_dir, stats_dir
 from lightning_gaaf.stats import write_stats
 
@@ -20,7 +21,9 @@ class Monitor(Callback):
     """Base of the monitors: subclasses set ``statistic`` and implement :meth:`stats`.
 
     * ``state_key`` is built from the class name and the arguments that change what is recorded, so
-      two monitors of one class with different arguments keep separate states in a checkpoint.
+      two monitors of one class with different arguments keep separate states in a checkpoint. It
+      is built once: Lightning reads it at every hook call (as its profiler's action name), and
+      the arguments do not change after construction.
     * :meth:`save` writes ``stats/<statistic>.json`` (rank 0), draws the monitor's figures into
       ``report/`` and logs them; on any exception ending a fit, validate or test run
       (``on_exception``) the file is written with ``"partial": true`` so nothing recorded is lost.
@@ -36,7 +39,10 @@ class Monitor(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(**self._state_key_args())
+        key = self.__dict__.get("_state_key")
+        if key is None:
+            key = self._state_key = self._generate_state_key(**self._state_key_args())
+        return key
 
     def stats(self) -> dict[str, Any]:
         """Everything recorded so far, in the layout of ``stats/<statistic>.json``."""
@@ -76,16 +82,23 @@ class Monitor(Callback):
 
 
 class StepHistory(Monitor):
-    """A monitor recording per-layer values at optimizer steps: ``steps`` and ``history`` are checkpointed.
+    """A monitor recording per-layer values every ``log_every_n_steps`` optimizer steps.
 
-    A resumed fit continues the history. Only a fresh monitor takes the checkpoint's history:
-    ``trainer.test(ckpt_path="best")`` restores callback states too and must not cut a finished
-    history back to the best epoch.
+    It owns the interval (Lightning's meaning: after steps N-1, 2N-1, ...; None: the trainer's
+    ``log_every_n_steps``) and the checkpointed ``steps`` / ``history``. A resumed fit continues the
+    history. Only a fresh monitor takes the checkpoint's history: ``trainer.test(ckpt_path="best")``
+    restores callback states too and must not cut a finished history back to the best epoch.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, log_every_n_steps: int | None = None) -> None:
+        self.log_every_n_steps = check_interval(type(self).__name__, "log_every_n_steps", log_every_n_steps)
         self.steps: list[int] = []
         self.history: dict[str, Any] = {}
+        self._every = 0
+
+    @override
+    def _state_key_args(self) -> dict[str, Any]:
+        return {"log_every_n_steps": self.log_every_n_steps}
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -97,9 +110,41 @@ class StepHistory(Monitor):
             self.steps = list(state_dict.get("steps", []))
             self.history = state_dict.get("history", {})
 
+    def start_history(
+        self, trainer: pl.Trainer, layers: Iterable[str], empty: Callable[[int], Any] | None = None
+    ) -> None:
+        """At fit start: fix the interval; a layer new to a resumed history gets ``empty(n)`` records
+        for the ``n`` steps already recorded (default: NaN for each)."""
+        self._every = resolve_interval(self.log_every_n_steps, trainer.log_every_n_steps)
+        for name in layers:
+            self.history.setdefault(name, (empty or _nans)(len(self.steps)))
+
+    def is_due(self, step: int) -> bool:
+        """Whether ``step`` is a logging step not recorded yet (a resumed fit may replay the step it
+        was saved at)."""
+        return is_log_step(step, self._every) and self.record_step(step)
+
     def record_step(self, step: int) -> bool:
-        """Whether ``step`` is new (a resumed fit may replay the step it was saved at)."""
+        """Whether ``step`` is new."""
         return not self.steps or step > self.steps[-1]
+
+    def append(self, step: int, values: Mapping[str, float]) -> None:
+        """Record one value per layer at ``step``."""
+        self.steps.append(step)
+        for name, value in values.items():
+            self.history[name].append(value)
+
+    def history_stats(self) -> dict[str, Any]:
+        """The part of ``stats/<statistic>.json`` every step monitor shares."""
+        return {
+            "log_every_n_steps": self._every,
+            "steps": list(self.steps),
+            "layers": {name: list(values) for name, values in self.history.items()},
+        }
+
+
+def _nans(n: int) -> list[float]:
+    return [math.nan] * n
 
 
 def finite_means(history: Mapping[str, Sequence[float]]) -> dict[str, float]:

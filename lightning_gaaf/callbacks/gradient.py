@@ -12,7 +12,6 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_gaaf.callbacks._args import check_interval, is_log_step, resolve_interval
 from lightning_gaaf.callbacks._base import StepHistory, finite_means
 from lightning_gaaf.callbacks._layers import require_layers, weight_layers
 from lightning_gaaf.callbacks._loggers import log_scalars
@@ -54,34 +53,24 @@ class GradInfoMonitor(StepHistory):
     statistic = "grad_info"
 
     def __init__(self, log_every_n_steps: int | None = None) -> None:
-        super().__init__()
-        self.log_every_n_steps = check_interval(type(self).__name__, "log_every_n_steps", log_every_n_steps)
+        super().__init__(log_every_n_steps)
         self._layers: dict[str, nn.Module] = {}
-        self._every = 0
-
-    @override
-    def _state_key_args(self) -> dict[str, Any]:
-        return {"log_every_n_steps": self.log_every_n_steps}
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._layers = weight_layers(pl_module)
         require_layers(type(self).__name__, self._layers, "Linear/Conv layers")
-        self._every = resolve_interval(self.log_every_n_steps, trainer.log_every_n_steps)
-        for name in self._layers:
-            self.history.setdefault(name, [math.nan] * len(self.steps))
+        self.start_history(trainer, self._layers)
 
     @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         step = trainer.global_step
-        if not self._layers or not is_log_step(step, self._every) or not self.record_step(step):
+        if not self._layers or not self.is_due(step):
             return
         values = gradient_means(self._layers)
-        self.steps.append(step)
-        for name, value in values.items():
-            self.history[name].append(value)
+        self.append(step, values)
         log_scalars(trainer, {f"gaaf/grad_info/{name}": v for name, v in values.items()}, step)
 
     @override
@@ -93,9 +82,7 @@ class GradInfoMonitor(StepHistory):
     def stats(self) -> dict[str, Any]:
         return {
             "definition": "mean |dE/dW| over the weight tensor of each layer (paper Eq. 5)",
-            "log_every_n_steps": self._every,
-            "steps": list(self.steps),
-            "layers": {name: list(values) for name, values in self.history.items()},
+            **self.history_stats(),
             "summary": finite_means(self.history),
         }
 

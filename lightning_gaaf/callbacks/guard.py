@@ -20,7 +20,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from lightning_gaaf.callbacks._args import check_interval, is_log_step, resolve_interval
+from lightning_gaaf.callbacks._args import is_log_step
 from lightning_gaaf.callbacks._base import StepHistory
 from lightning_gaaf.callbacks._layers import has_gaaf, require_layers, weight_layers
 from lightning_gaaf.callbacks._loggers import log_scalars
@@ -75,22 +75,20 @@ class GradScaleMonitor(StepHistory):
     statistic = "grad_scale"
 
     def __init__(self, log_every_n_steps: int | None = None, factor: float = DEFAULT_FACTOR) -> None:
-        super().__init__()
+        super().__init__(log_every_n_steps)
         owner = type(self).__name__
-        self.log_every_n_steps = check_interval(owner, "log_every_n_steps", log_every_n_steps)
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 1:
             raise ValueError(f"{owner}: factor must be a number > 1, got {factor!r}")
         self.factor = float(factor)
         self.warnings: list[dict[str, Any]] = []
         self._layers: dict[str, nn.Module] = {}
         self._first: dict[str, float] = {}
-        self._every = 0
         self._checked_first = False
         self._gaaf = False
 
     @override
     def _state_key_args(self) -> dict[str, Any]:
-        return {"log_every_n_steps": self.log_every_n_steps, "factor": self.factor}
+        return {**super()._state_key_args(), "factor": self.factor}
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -112,11 +110,9 @@ class GradScaleMonitor(StepHistory):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._layers = weight_layers(pl_module)
         require_layers(type(self).__name__, self._layers, "Linear/Conv layers")
-        self._every = resolve_interval(self.log_every_n_steps, trainer.log_every_n_steps)
+        self.start_history(trainer, self._layers)
         self._gaaf = has_gaaf(pl_module)
         self._checked_first = False
-        for name in self._layers:
-            self.history.setdefault(name, [math.nan] * len(self.steps))
 
     @override
     def on_before_optimizer_step(
@@ -131,9 +127,7 @@ class GradScaleMonitor(StepHistory):
         with_grad = {n for n, layer in self._layers.items() if layer.weight.grad is not None}
         ref = values[self.reference] if self.reference in with_grad else math.nan
         ratios = {n: (v / ref if math.isfinite(ref) and ref > 0 else math.nan) for n, v in values.items()}
-        self.steps.append(step)
-        for name, ratio in ratios.items():
-            self.history[name].append(ratio)
+        self.append(step, ratios)
         log_scalars(trainer, {f"gaaf/grad_scale/{n}": r for n, r in ratios.items()}, step)
         problems = self._problems(step, values, ratios, with_grad)
         if problems and not self.warnings:
@@ -184,9 +178,7 @@ class GradScaleMonitor(StepHistory):
             "definition": "mean |dE/dW| of each weight layer divided by that of the last weight layer",
             "reference": self.reference,
             "factor": self.factor,
-            "log_every_n_steps": self._every,
-            "steps": list(self.steps),
-            "layers": {name: list(values) for name, values in self.history.items()},
+            **self.history_stats(),
             "warnings": list(self.warnings),
         }
 

@@ -16,15 +16,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_gaaf.callbacks._accumulator import NetAccumulator
-from lightning_gaaf.callbacks._args import (
-    check_bins,
-    check_include,
-    check_interval,
-    check_split,
-    is_log_step,
-    renamed_arguments,
-    resolve_interval,
-)
+from lightning_gaaf.callbacks._args import check_bins, check_include, check_split, renamed_arguments
 from lightning_gaaf.callbacks._base import StepHistory
 from lightning_gaaf.callbacks._hooks import HookSet
 from lightning_gaaf.callbacks._layers import activation_modules, plain_activation, require_layers
@@ -101,12 +93,11 @@ class SaturationMonitor(StepHistory):
         split: Literal["test", "val"] = "test",
         **deprecated: Any,
     ) -> None:
-        super().__init__()
         owner = type(self).__name__
         old = renamed_arguments(owner, deprecated, {"range": "value_range", "on_fit_end_split": "split"})
         value_range = old.get("value_range", value_range)
         split = old.get("split", split)
-        self.log_every_n_steps = check_interval(owner, "log_every_n_steps", log_every_n_steps)
+        super().__init__(log_every_n_steps)
         self.include = check_include(owner, include)
         self.bins = check_bins(owner, bins)
         try:
@@ -135,13 +126,12 @@ class SaturationMonitor(StepHistory):
         self._hooks = HookSet()
         self._eval_hooks = HookSet()
         self._pending_step: int | None = None
-        self._every = 0
         self.eval_stats: dict[str, dict[str, Any]] | None = None
 
     @override
     def _state_key_args(self) -> dict[str, Any]:
         return {
-            "log_every_n_steps": self.log_every_n_steps,
+            **super()._state_key_args(),
             "include": self.include,
             "bins": self.bins,
             "value_range": self.value_range,
@@ -165,20 +155,17 @@ class SaturationMonitor(StepHistory):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._find_layers(pl_module)
-        self._every = resolve_interval(self.log_every_n_steps, trainer.log_every_n_steps)
         self._acc = self._accumulator(pl_module.device)
-        n = len(self.steps)  # a layer new to a resumed history gets empty records for earlier steps
-        for name in self._layers:
-            self.history.setdefault(
-                name,
-                {
-                    "count": [0] * n,
-                    **{k: [math.nan] * n for k in ("saturation", "mean", "std")},
-                    "below": [0] * n,
-                    "above": [0] * n,
-                    "hist": [[0] * self.bins for _ in range(n)],
-                },
-            )
+        self.start_history(trainer, self._layers, self._empty_records)
+
+    def _empty_records(self, n: int) -> dict[str, list[Any]]:
+        return {
+            "count": [0] * n,
+            **{k: [math.nan] * n for k in ("saturation", "mean", "std")},
+            "below": [0] * n,
+            "above": [0] * n,
+            "hist": [[0] * self.bins for _ in range(n)],
+        }
 
     def _accumulator(self, device: torch.device) -> NetAccumulator:
         return NetAccumulator(list(self._layers), self._intervals, self.bins, self.value_range, device)
@@ -192,7 +179,7 @@ class SaturationMonitor(StepHistory):
         step = trainer.global_step
         if self._pending_step is not None and step != self._pending_step:
             self._flush(trainer)
-        if self._layers and is_log_step(step, self._every) and self.record_step(step):
+        if self._layers and self.is_due(step):
             self._acc.attach(self._layers, self._hooks)
             self._pending_step = step
 

@@ -13,13 +13,7 @@ from pytorch_lightning.utilities.seed import isolate_rng
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_gaaf.callbacks._args import (
-    check_include,
-    check_interval,
-    is_log_step,
-    renamed_arguments,
-    resolve_interval,
-)
+from lightning_gaaf.callbacks._args import check_include, check_interval, renamed_arguments
 from lightning_gaaf.callbacks._base import StepHistory, finite_means
 from lightning_gaaf.callbacks._hooks import HookSet, extra_forwards
 from lightning_gaaf.callbacks._layers import activation_modules, require_layers
@@ -131,11 +125,9 @@ class NetVarMonitor(StepHistory):
         include: list[str] | None = None,
         **deprecated: Any,
     ) -> None:
-        super().__init__()
         owner = type(self).__name__
         old = renamed_arguments(owner, deprecated, {"every_n_steps": "log_every_n_steps"})
-        log_every_n_steps = old.get("log_every_n_steps", log_every_n_steps)
-        self.log_every_n_steps = check_interval(owner, "log_every_n_steps", log_every_n_steps)
+        super().__init__(old.get("log_every_n_steps", log_every_n_steps))
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
             raise ValueError(
                 f"{owner}: repeats must be an integer >= 2 (a variance needs two samples), got {repeats!r}"
@@ -144,12 +136,11 @@ class NetVarMonitor(StepHistory):
         self.max_samples = check_interval(owner, "max_samples", max_samples)
         self.include = check_include(owner, include)
         self._layers: dict[str, nn.Module] = {}
-        self._every = 0
 
     @override
     def _state_key_args(self) -> dict[str, Any]:
         return {
-            "log_every_n_steps": self.log_every_n_steps,
+            **super()._state_key_args(),
             "repeats": self.repeats,
             "max_samples": self.max_samples,
             "include": self.include,
@@ -159,21 +150,17 @@ class NetVarMonitor(StepHistory):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._layers = activation_modules(pl_module, self.include)
         require_layers(type(self).__name__, self._layers, "activation modules")
-        self._every = resolve_interval(self.log_every_n_steps, trainer.log_every_n_steps)
-        for name in self._layers:
-            self.history.setdefault(name, [math.nan] * len(self.steps))
+        self.start_history(trainer, self._layers)
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if not self._layers or not is_log_step(step, self._every) or not self.record_step(step):
+        if not self._layers or not self.is_due(step):
             return
         values = self.probe(trainer, pl_module, batch)
-        self.steps.append(step)
-        for name, value in values.items():
-            self.history[name].append(value)
+        self.append(step, values)
         log_scalars(trainer, {f"gaaf/net_var/{name}": v for name, v in values.items()}, step)
 
     def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> dict[str, float]:
@@ -212,11 +199,9 @@ class NetVarMonitor(StepHistory):
     def stats(self) -> dict[str, Any]:
         return {
             "definition": "per-node variance of the net over repeated dropout masks, mean over nodes and samples",
-            "log_every_n_steps": self._every,
+            **self.history_stats(),
             "repeats": self.repeats,
             "max_samples": self.max_samples,
-            "steps": list(self.steps),
-            "layers": {name: list(values) for name, values in self.history.items()},
             "summary": finite_means(self.history),
         }
 

@@ -261,8 +261,17 @@ def plot_metrics(runs: Sequence[Run], path: Path) -> Path:
 
 
 def metrics_figure(runs: Sequence[Run]) -> Figure:
-    """The figure of :func:`plot_metrics`: one panel per metric, integer epoch ticks, accuracies on [0, 1]."""
-    keys = _layers(runs, lambda s: [k for r in s["epochs"] for k in r if k not in ("epoch", "step")])
+    """The figure of :func:`plot_metrics`: one panel per metric, integer epoch ticks, accuracies on [0, 1].
+
+    The monitors' per-layer ``gaaf/...`` values, also in the epoch records, are left out: each has
+    its own figure, and dozens of extra panels made this one slow to draw (seconds per run) and hard
+    to read."""
+    keys = _layers(
+        runs,
+        lambda s: [
+            k for r in s["epochs"] for k in r if k not in ("epoch", "step") and not k.startswith("gaaf/")
+        ],
+    )
     keys = [k for k in _METRIC_ORDER if k in keys] + sorted(k for k in keys if k not in _METRIC_ORDER)
     fig, axes = _figure(len(keys), "training curves")
     for ax, key in zip(axes, keys, strict=True):

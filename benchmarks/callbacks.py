@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import tempfile
 import time
 import warnings
+from collections import defaultdict
 from collections.abc import Callable
 
 import pytorch_lightning as pl
@@ -38,6 +40,7 @@ import torch.nn.functional as F
 import wandb
 from _checkout import check_checkout
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.profilers import Profiler
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -105,24 +108,60 @@ class Data(pl.LightningDataModule):
         return DataLoader(self.test, batch_size=BATCH_SIZE)
 
 
+class HookTimer(Profiler):
+    """Lightning profiler summing the wall time of every callback hook while ``running``.
+
+    Lightning wraps each callback hook call in ``profile("[Callback]<state_key>.<hook>")``, so this
+    measures what the monitors do inside their hooks directly, per monitor class. It is a share of
+    the step measured in the same fits, so a machine whose speed drifts changes it little. Not in
+    it: forward pre-hooks (SaturationMonitor's, on logging steps, run inside the model's forward)
+    and Lightning's own cost of calling one more callback.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = False
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._started: dict[str, float] = {}
+
+    def start(self, action_name: str) -> None:
+        if self.running and action_name.startswith("[Callback]"):
+            self._started[action_name] = time.perf_counter()
+
+    def stop(self, action_name: str) -> None:
+        started = self._started.pop(action_name, None)
+        if started is not None:
+            owner = re.match(r"\[Callback\](\w+)", action_name).group(1)
+            self.seconds[owner] += time.perf_counter() - started
+
+    def summary(self) -> str:
+        return ""
+
+
 class StepClock(pl.Callback):
     """Time from the start of batch ``warmup`` to the start of the last batch (first callback)."""
 
-    def __init__(self, warmup: int, last: int) -> None:
-        self.warmup, self.last = warmup, last
+    def __init__(self, warmup: int, last: int, hooks: HookTimer) -> None:
+        self.warmup, self.last, self.hooks = warmup, last, hooks
         self.start = self.seconds = self.cpu_start = self.cpu_seconds = 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup:
             self.start, self.cpu_start = time.perf_counter(), time.process_time()
+            self.hooks.running = True
         elif trainer.global_step == self.last:
             self.seconds = time.perf_counter() - self.start
             self.cpu_seconds = time.process_time() - self.cpu_start
+            self.hooks.running = False
 
 
-def step_time(names: list[str], steps: int, warmup: int, logger: WandbLogger) -> tuple[float, float]:
-    """Wall and CPU (this process) seconds per training step with the named monitors."""
-    clock = StepClock(warmup, warmup + steps)
+def step_time(
+    names: list[str], steps: int, warmup: int, logger: WandbLogger, hooks: HookTimer | None = None
+) -> tuple[float, float]:
+    """Wall and CPU (this process) seconds per training step with the named monitors; ``hooks``
+    (if given) collects the time spent in callback hooks during the timed steps."""
+    hooks = hooks if hooks is not None else HookTimer()
+    clock = StepClock(warmup, warmup + steps, hooks)
     with tempfile.TemporaryDirectory() as root:
         trainer = pl.Trainer(
             accelerator="cpu",
@@ -136,6 +175,7 @@ def step_time(names: list[str], steps: int, warmup: int, logger: WandbLogger) ->
             enable_model_summary=False,
             limit_val_batches=0,
             num_sanity_val_steps=0,
+            profiler=hooks,
         )
         pl.seed_everything(0, verbose=False)
         trainer.fit(Classifier(), datamodule=Data(n_train=BATCH_SIZE * (warmup + steps + 1)))
@@ -166,17 +206,21 @@ def main(argv: list[str] | None = None) -> None:
     ratios: dict[str, list[float]] = {name: [] for name in configs}
     cpu_ratios: dict[str, list[float]] = {name: [] for name in configs}
     base_times: list[float] = []
+    all_hooks, all_steps = HookTimer(), [0.0]
     with tempfile.TemporaryDirectory() as root:
         logger = WandbLogger(offline=True, save_dir=root, project="gaaf-benchmark")
         for r in range(args.repeats):
             for name, monitors in configs.items():
                 # Alternate which side runs first so a drifting load favours neither.
+                hooks = all_hooks if name == "all monitors" else None
                 if r % 2 == 0:
                     base = step_time([], args.steps, args.warmup, logger)
-                    timed = step_time(monitors, args.steps, args.warmup, logger)
+                    timed = step_time(monitors, args.steps, args.warmup, logger, hooks)
                 else:
-                    timed = step_time(monitors, args.steps, args.warmup, logger)
+                    timed = step_time(monitors, args.steps, args.warmup, logger, hooks)
                     base = step_time([], args.steps, args.warmup, logger)
+                if name == "all monitors":
+                    all_steps[0] += timed[0] * args.steps
                 base_times.append(base[0])
                 ratios[name].append(timed[0] / base[0])
                 cpu_ratios[name].append(timed[1] / base[1])
@@ -188,6 +232,12 @@ def main(argv: list[str] | None = None) -> None:
         wandb.finish()
     print(
         f"\nmedian step time without monitors: {1e3 * statistics.median(base_times):.2f} ms (batch {BATCH_SIZE})"
+    )
+    mine = {owner: s for owner, s in all_hooks.seconds.items() if owner in MONITORS}
+    inside = sum(mine.values())
+    print(
+        f"time inside the monitors' hooks (all monitors): {100 * inside / all_steps[0]:.2f} % of the step time"
+        + "".join(f"; {owner} {100 * s / all_steps[0]:.2f} %" for owner, s in sorted(mine.items()))
     )
     for name, values in ratios.items():
         median, cpu = statistics.median(values), statistics.median(cpu_ratios[name])

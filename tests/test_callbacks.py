@@ -571,3 +571,35 @@ def test_history_survives_resuming_from_a_checkpoint(tmp_path):
     assert second[1].history["backbone.1"]["hist"][:2] == first[1].history["backbone.1"]["hist"]
     saved = json.loads((tmp_path / "stats" / "grad_info.json").read_text())
     assert saved["steps"] == [0, 1, 2, 3]
+
+
+def test_net_variance_probe_is_one_tiled_forward_unless_the_batch_moves(tmp_path):
+    """The repeats run as one forward of repeats x samples rows; a model that puts the batch
+    dimension elsewhere gets separate forwards, and both give the Bernoulli variance."""
+
+    class BatchLast(nn.Module):
+        def forward(self, x):
+            return x.t()
+
+    def run(backbone, forwards):
+        calls = []
+        backbone.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+        monitor = NetVarMonitor(log_every_n_steps=1, repeats=400, max_samples=4)
+        trainer(tmp_path, [monitor], max_steps=1).fit(TinyModule(backbone), datamodule=TinyData(batch_size=8))
+        probe = calls[: len(calls) - 1]  # the last call is the training forward
+        assert len(probe) == forwards, probe
+        return monitor.history
+
+    torch.manual_seed(0)
+    tiled = nn.Sequential(nn.Linear(6, 10), nn.Dropout(0.5), nn.Tanh(), nn.Linear(10, 3))
+    history = run(tiled, forwards=1)
+    assert history["backbone.2"][0] > 0
+
+    moved = nn.Sequential(
+        nn.Linear(6, 10), nn.Dropout(0.5), BatchLast(), nn.Tanh(), BatchLast(), nn.Linear(10, 3)
+    )
+    with torch.no_grad():
+        moved[0].load_state_dict(tiled[0].state_dict())
+        moved[5].load_state_dict(tiled[3].state_dict())
+    history_moved = run(moved, forwards=1 + 400)  # the tiled try, then one forward per repeat
+    assert history_moved["backbone.3"][0] == pytest.approx(history["backbone.2"][0], rel=0.15)

@@ -44,11 +44,17 @@ class _RepeatVariance:
 
     Sums are shifted by the first repeat (exact zeros without randomness, no cancellation). A module
     called several times per forward (a shared ``nn.ReLU``) keeps one state per call position.
+
+    With ``tiled=(repeats, rows)`` the repeats come in one forward, stacked along the batch
+    dimension (repeat ``r`` is rows ``r * rows ... (r + 1) * rows - 1``); a net whose first dimension
+    is not ``repeats * rows`` (a model that moves the batch dimension) sets ``mismatch``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tiled: tuple[int, int] | None = None) -> None:
         self.calls: list[list[Tensor]] = []  # per call position: [first, sum of d, sum of d^2]
-        self.repeats = 0
+        self.repeats = tiled[0] if tiled else 0
+        self.tiled = tiled
+        self.mismatch = False
         self._position = 0
 
     def start_repeat(self) -> None:
@@ -57,6 +63,15 @@ class _RepeatVariance:
 
     def add(self, net: Tensor) -> None:
         z = net.detach().float()
+        if self.tiled is not None:
+            repeats, rows = self.tiled
+            if z.dim() == 0 or z.shape[0] != repeats * rows:
+                self.mismatch = True
+                return
+            d = z.unflatten(0, (repeats, rows))
+            d = d - d[:1]
+            self.calls.append([d[0], d.sum(0), (d * d).sum(0)])
+            return
         if self._position == len(self.calls):
             self.calls.append([z.clone(), torch.zeros_like(z), torch.zeros_like(z)])
         else:
@@ -83,8 +98,8 @@ class NetVarMonitor(StepHistory):
 
     After optimizer steps N-1, 2N-1, ... (``log_every_n_steps``), before the training forward, the first ``max_samples``
     samples of the current batch are run ``repeats`` more times in train mode under ``no_grad``, each
-    time with fresh dropout masks. Forward
-    pre-hooks on the activation modules record every node's net (the activation's input) and the
+    time with fresh dropout masks (as one forward of the samples tiled ``repeats`` times along the
+    batch dimension; see :meth:`probe`). Forward pre-hooks on the activation modules record every node's net (the activation's input) and the
     unbiased variance over the repeats is averaged over nodes and samples (summed across DDP ranks
     before dividing). The extra forwards change nothing in training:
 
@@ -96,12 +111,11 @@ class NetVarMonitor(StepHistory):
 
     Without dropout (or other randomness) the variance is exactly zero.
 
-    Cost: ``repeats`` no-grad forwards of ``max_samples`` samples every ``log_every_n_steps`` steps. The
-    variance is a per-node, per-sample quantity, so a fixed part of the batch estimates the same
-    mean as the whole batch at a fraction of the cost: for the paper MLP (batch 128, CPU) probing
-    full batches costs about 7 % of training time, 16 samples well under 1 %
-    (``benchmarks/callbacks.py --each``). Under BatchNorm in train mode the probes normalise with the
-    statistics of that part; ``max_samples=None`` probes the whole batch.
+    Cost: one no-grad forward of ``repeats x max_samples`` rows every ``log_every_n_steps`` steps
+    (memory: that many rows' activations at once). The variance is a per-node, per-sample quantity,
+    so a fixed part of the batch estimates the same mean as the whole batch at a fraction of the
+    cost (``benchmarks/callbacks.py --each`` times it). Under BatchNorm in train mode the probes
+    normalise with the statistics of that part; ``max_samples=None`` probes the whole batch.
 
     Args:
         log_every_n_steps: probe every N optimizer steps (Lightning's meaning; None: the trainer's).
@@ -164,31 +178,65 @@ class NetVarMonitor(StepHistory):
         log_scalars(trainer, {f"gaaf/net_var/{name}": v for name, v in values.items()}, step)
 
     def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> dict[str, float]:
-        """Mean per-node net variance of each layer over ``repeats`` forwards of ``batch``."""
-        names = list(self._layers)
-        trackers = [_RepeatVariance() for _ in names]
-        hooks = HookSet()
-        for tracker, name in zip(trackers, names, strict=True):
-            hooks.add(self._layers[name].register_forward_pre_hook(_recorder(tracker)))
-        buffers = [b.detach().clone() for b in pl_module.buffers()]
+        """Mean per-node net variance of each layer over ``repeats`` forwards of ``batch``.
+
+        The repeats run as one forward of the probe samples tiled ``repeats`` times along the batch
+        dimension: every row draws its own dropout masks, and a batch repeated ``k`` times has the
+        mean and (biased) variance of the original, so BatchNorm in train mode normalises as it would
+        for the samples alone. One large forward costs a fraction of ``repeats`` small ones. A model
+        whose activations do not keep the batch first falls back to ``repeats`` separate forwards.
+        """
         x = model_input(batch)
         if self.max_samples is not None and isinstance(x, Tensor) and x.dim() > 0:
             x = x[: self.max_samples]
+        buffers = [b.detach().clone() for b in pl_module.buffers()]
+        try:
+            trackers = None
+            if isinstance(x, Tensor) and x.dim() > 0:
+                tiled = x.repeat(self.repeats, *([1] * (x.dim() - 1)))
+                trackers = self._forwards(trainer, pl_module, [tiled], (self.repeats, x.shape[0]))
+                if any(t.mismatch for t in trackers):
+                    trackers = None
+                    self._restore(pl_module, buffers)
+            if trackers is None:
+                trackers = self._forwards(trainer, pl_module, [x] * self.repeats, None)
+        finally:
+            self._restore(pl_module, buffers)
+        rows = [t.sum_and_count(pl_module.device) for t in trackers]
+        totals = all_reduce_sum(trainer, torch.stack(rows)).cpu().tolist()  # one collective, one transfer
+        names = list(self._layers)
+        return {name: s / c if c else math.nan for name, (s, c) in zip(names, totals, strict=True)}
+
+    def _forwards(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        inputs: list[Any],
+        tiled: tuple[int, int] | None,
+    ) -> list[_RepeatVariance]:
+        """Run ``inputs`` through the model in train mode under ``no_grad`` with the RNG states
+        restored afterwards, recording every layer's nets."""
+        trackers = [_RepeatVariance(tiled) for _ in self._layers]
+        hooks = HookSet()
+        for tracker, layer in zip(trackers, self._layers.values(), strict=True):
+            hooks.add(layer.register_forward_pre_hook(_recorder(tracker)))
         try:
             with isolate_rng(), torch.no_grad(), extra_forwards():
-                for _ in range(self.repeats):
-                    for tracker in trackers:
-                        tracker.start_repeat()
+                for x in inputs:
+                    if tiled is None:
+                        for tracker in trackers:
+                            tracker.start_repeat()
                     with trainer.precision_plugin.forward_context():
                         pl_module(x)
         finally:
             hooks.remove()
-            with torch.no_grad():
-                for saved, buf in zip(buffers, pl_module.buffers(), strict=True):
-                    buf.copy_(saved)
-        rows = [t.sum_and_count(pl_module.device) for t in trackers]
-        totals = all_reduce_sum(trainer, torch.stack(rows)).cpu().tolist()  # one collective, one transfer
-        return {name: s / c if c else math.nan for name, (s, c) in zip(names, totals, strict=True)}
+        return trackers
+
+    @staticmethod
+    def _restore(pl_module: pl.LightningModule, buffers: list[Tensor]) -> None:
+        with torch.no_grad():
+            for saved, buf in zip(buffers, pl_module.buffers(), strict=True):
+                buf.copy_(saved)
 
     @override
     def summary(self) -> dict[str, float]:

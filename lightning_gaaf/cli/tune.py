@@ -49,6 +49,7 @@ from lightning_gaaf.cli.search_space import (
 )
 from lightning_gaaf.cli.tune_pruning import (
     PRUNED_FILE,
+    PRUNING_CALLBACK,
     PrunerSpecError,
     StorageError,
     make_pruner,
@@ -59,7 +60,6 @@ from lightning_gaaf.cli.tune_report import write_outputs
 PROG = "gaaf-tune"
 JOURNAL_FILE = "study.journal"
 TRIALS_DIR = "trials"
-_PRUNING_CALLBACK = "lightning_gaaf.cli.tune_pruning.TrialPruning"
 #: Trials that count towards ``--trials``; FAIL trials (crashed or interrupted) are redone.
 _COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 _ACTIVE = (*_COUNTED, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
@@ -200,7 +200,7 @@ def trial_command(
     cmd += ["--trainer.limit_test_batches", "0"]  # trials never look at the test set
     if settings.pruner != "none":
         cmd += [
-            f"--trainer.callbacks+={_PRUNING_CALLBACK}",
+            f"--trainer.callbacks+={PRUNING_CALLBACK}",
             f"--trainer.callbacks.storage={settings.storage}",
             f"--trainer.callbacks.study_name={settings.study_name}",
             f"--trainer.callbacks.trial_number={trial_number}",

@@ -18,7 +18,7 @@ import yaml
 from lightning_gaaf.cli.tune_pruning import PRUNING_CALLBACK
 
 if TYPE_CHECKING:
-    from lightning_gaaf.cli.tune import TuneSettings
+    from lightning_gaaf.cli.tune_settings import TuneSettings
 
 
 def _short(key: str) -> str:

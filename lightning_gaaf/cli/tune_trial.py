@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,24 +32,30 @@ from lightning_gaaf.cli.tune_settings import PROG, TuneSettings
 TRIALS_DIR = "trials"
 
 
-def trial_command(
-    settings: TuneSettings, trial_number: int, values: dict[str, Any], run_dir: Path
-) -> list[str]:
-    """The ``gaaf-fit`` command line of one trial: config, user args, pruning callback, trial values."""
-    cmd = [
+def fit_command(config: Path, run_dir: Path, seed: int, fit_args: Sequence[str] = ()) -> list[str]:
+    """``gaaf-fit`` as a process: ``config`` and ``fit_args`` trained into ``run_dir`` with ``seed``, without
+    a progress bar (the output goes to a log). Trials and the retrained best configs start alike."""
+    return [
         sys.executable,
         "-m",
         "lightning_gaaf.cli.fit",
         "--config",
-        str(settings.config),
-        *settings.fit_args,
+        str(config),
+        *fit_args,
         "--run_dir",
         str(run_dir),
         "--seed_everything",
-        str(settings.seed),
+        str(seed),
         "--trainer.enable_progress_bar",
         "false",
     ]
+
+
+def trial_command(
+    settings: TuneSettings, trial_number: int, values: dict[str, Any], run_dir: Path
+) -> list[str]:
+    """The ``gaaf-fit`` command line of one trial: config, user args, pruning callback, trial values."""
+    cmd = fit_command(settings.config, run_dir, settings.seed, settings.fit_args)
     cmd += ["--trainer.limit_test_batches", "0"]  # trials never look at the test set
     if settings.pruner != "none":
         cmd += [
@@ -63,6 +69,20 @@ def trial_command(
     return [*cmd, "--config", overrides_yaml(values)]
 
 
+def best_epoch(
+    epochs: list[dict[str, Any]], metric: str, direction: str = "maximize"
+) -> dict[str, Any] | None:
+    """The epoch record of ``stats/metrics.json`` with the best value of ``metric``, None if no epoch has one.
+
+    The trials' objective, and what the tuned runs report as their best validation epoch.
+    """
+    scored = [e for e in epochs if e.get(metric) is not None]
+    if not scored:
+        return None
+    pick = max if direction == "maximize" else min
+    return pick(scored, key=lambda e: e[metric])
+
+
 def read_objective(run_dir: Path, metric: str, direction: str) -> dict[str, Any] | None:
     """Best epoch value of ``metric`` in ``<run_dir>/stats/metrics.json``, its epoch and the epoch count."""
     path = run_dir / "stats" / "metrics.json"
@@ -70,11 +90,9 @@ def read_objective(run_dir: Path, metric: str, direction: str) -> dict[str, Any]
         epochs = json.loads(path.read_text())["epochs"]
     except (OSError, ValueError, KeyError):
         return None
-    scored = [e for e in epochs if e.get(metric) is not None]
-    if not scored:
+    best = best_epoch(epochs, metric, direction)
+    if best is None:
         return None
-    pick = max if direction == "maximize" else min
-    best = pick(scored, key=lambda e: e[metric])
     return {"value": best[metric], "best_epoch": best["epoch"], "epochs_trained": len(epochs)}
 
 

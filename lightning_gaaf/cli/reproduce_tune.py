@@ -31,6 +31,7 @@ from lightning_gaaf.cli.reproduce_tables import (
     mean_std,
     paired_difference,
 )
+from lightning_gaaf.cli.tune_trial import best_epoch, fit_command
 
 #: The trials' sampler seed and the seed of every trial's run; the retrained runs use seeds 1..N.
 TUNE_SEED = 0
@@ -68,8 +69,7 @@ def summarize_tuned_run(run_dir: Path) -> dict[str, Any] | None:
         return None
     if metrics.get("test", {}).get("test/acc") is None:
         return None
-    scored = [e for e in metrics["epochs"] if e.get("val/acc") is not None]
-    best = max(scored, key=lambda e: e["val/acc"])
+    best = best_epoch(metrics["epochs"], "val/acc", "maximize")
     return {
         "test_acc": 100.0 * metrics["test"]["test/acc"],
         "best_val_acc": 100.0 * best["val/acc"],
@@ -170,10 +170,7 @@ def run_tuned(
             if run_dir.exists():
                 shutil.rmtree(run_dir)
             run_dir.parent.mkdir(parents=True, exist_ok=True)
-            cmd = [
-                sys.executable, "-m", "lightning_gaaf.cli.fit", "--config", str(out / "tune" / model / "best.yaml"),
-                "--run_dir", str(run_dir), "--seed_everything", str(seed), "--trainer.enable_progress_bar", "false",
-            ]  # fmt: skip
+            cmd = fit_command(out / "tune" / model / "best.yaml", run_dir, seed)
             jobs.append((model, seed, run_dir, cmd))
     print(f"{prog}: {len(jobs)} tuned run(s) to train", flush=True)
     run_env = dict(env, OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))

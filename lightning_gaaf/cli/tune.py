@@ -16,355 +16,77 @@ until N trials are complete or pruned (failed and interrupted trials are redone)
 
 Output in ``--out`` (default ``tune/<study name>``): ``best.yaml`` (the best trial's config, runnable
 with ``gaaf-fit --config``), ``trials.csv`` and ``trials.md``, ``history.png`` and ``study.json``.
+
+This module is the command line and the worker loop; the rest has a module each:
+:mod:`~lightning_gaaf.cli.tune_settings` (the settings), :mod:`~lightning_gaaf.cli.tune_study`
+(the study in its storage, trial claiming), :mod:`~lightning_gaaf.cli.tune_trial` (one trial),
+:mod:`~lightning_gaaf.cli.tune_pruning` (storage and pruner choices, the pruning callback) and
+:mod:`~lightning_gaaf.cli.tune_report` (the outputs). The public names of the settings, study and
+trial modules stay importable from here, where they were first defined.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
-import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-import traceback
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import optuna
 
 from lightning_gaaf.cli.bundled import ConfigNotFoundError, resolve_config
-from lightning_gaaf.cli.search_space import (
-    SearchSpace,
-    SearchSpaceError,
-    default_space_path,
-    load_space,
-    overrides_yaml,
-)
-from lightning_gaaf.cli.tune_pruning import (
-    PRUNED_FILE,
-    PrunerSpecError,
-    StorageError,
-    make_pruner,
-    open_storage,
-)
+from lightning_gaaf.cli.search_space import SearchSpaceError, default_space_path, load_space
+from lightning_gaaf.cli.tune_pruning import PrunerSpecError, StorageError, make_pruner, open_storage
 from lightning_gaaf.cli.tune_report import write_outputs
+from lightning_gaaf.cli.tune_settings import PROG, TuneError, TuneSettings
+from lightning_gaaf.cli.tune_study import (
+    COUNTED,
+    claim_trial,
+    create_or_load_study,
+    fail_interrupted_trials,
+)
+from lightning_gaaf.cli.tune_trial import (
+    TRIALS_DIR,
+    Signals,
+    read_objective,
+    run_trial,
+    trial_command,
+    trial_env,
+)
 
-PROG = "gaaf-tune"
+__all__ = [
+    "JOURNAL_FILE",
+    "PROG",
+    "TRIALS_DIR",
+    "TuneError",
+    "TuneSettings",
+    "build_parser",
+    "claim_trial",
+    "create_or_load_study",
+    "fail_interrupted_trials",
+    "main",
+    "read_objective",
+    "run",
+    "run_trial",
+    "settings_from_args",
+    "trial_command",
+    "work",
+]
+
 JOURNAL_FILE = "study.journal"
-TRIALS_DIR = "trials"
-_PRUNING_CALLBACK = "lightning_gaaf.cli.tune_pruning.TrialPruning"
-#: Trials that count towards ``--trials``; FAIL trials (crashed or interrupted) are redone.
-_COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-_ACTIVE = (*_COUNTED, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-
-
-class TuneError(Exception):
-    """A user mistake reported as one line ``gaaf-tune: error: ...`` with exit status 2."""
-
-
-@dataclass
-class TuneSettings:
-    """Everything one gaaf-tune process needs to run trials of a study."""
-
-    config: Path
-    space: SearchSpace
-    out: Path
-    storage: str
-    study_name: str
-    n_trials: int
-    fit_args: list[str] = field(default_factory=list)
-    seed: int = 0
-    sampler_seed: int | None = None
-    pruner: str = "median"
-    workers: int = 1
-    in_process: bool = True
-    max_failures: int = 3
-
-    @property
-    def signature(self) -> dict[str, Any]:
-        """What makes two invocations the same study (checked when one continues a study)."""
-        return {
-            "config": self.config.stem,
-            "metric": self.space.metric,
-            "params": sorted(self.space.params),
-            "fit_args": self.fit_args,
-            "seed": self.seed,
-        }
-
-
-# --------------------------------------------------------------------------- study
-def create_or_load_study(settings: TuneSettings) -> optuna.Study:
-    """Create the study, or load it to continue; a study started with another config/space is an error."""
-    storage = open_storage(settings.storage)
-    study = optuna.create_study(
-        study_name=settings.study_name,
-        storage=storage,
-        direction=settings.space.direction,
-        load_if_exists=True,
-    )
-    if study.direction.name.lower() != settings.space.direction:
-        raise TuneError(
-            f"study {settings.study_name!r} in {settings.storage} was created to {study.direction.name.lower()} "
-            f"its metric, this search space asks to {settings.space.direction}"
-        )
-    saved = study.user_attrs.get("gaaf_tune")
-    if saved is None:
-        study.set_user_attr("gaaf_tune", settings.signature)
-    elif saved != settings.signature:
-        diff = ", ".join(
-            f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in settings.signature.items() if saved.get(k) != v
-        )
-        raise TuneError(
-            f"study {settings.study_name!r} in {settings.storage} was started with other settings ({diff}); "
-            "continue it with the same ones, or pick another --study-name/--out"
-        )
-    return study
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def fail_interrupted_trials(study: optuna.Study) -> list[int]:
-    """Mark RUNNING trials whose worker process on this host has died as FAIL (they are redone)."""
-    host = socket.gethostname()
-    failed = []
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        attrs = trial.user_attrs
-        if attrs.get("host") == host and "pid" in attrs and not _pid_alive(int(attrs["pid"])):
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-            failed.append(trial.number)
-    return failed
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def claim_trial(study: optuna.Study, n_trials: int, lock: Path) -> optuna.Trial | None:
-    """A new trial, or None when the study already has ``n_trials`` finished or running ones.
-
-    Counting and asking happen under a file lock, so local workers never start more than
-    ``n_trials`` in total. Workers on other machines share the database but not the lock: at the
-    very end of a study each extra machine can start at most one surplus trial.
-    """
-    with _file_lock(lock):
-        active = study.get_trials(deepcopy=False, states=_ACTIVE)
-        if len(active) >= n_trials:
-            return None
-        trial = study.ask()
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
-        return trial
-
-
-# --------------------------------------------------------------------------- one trial
-def trial_command(
-    settings: TuneSettings, trial_number: int, values: dict[str, Any], run_dir: Path
-) -> list[str]:
-    """The ``gaaf-fit`` command line of one trial: config, user args, pruning callback, trial values."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "lightning_gaaf.cli.fit",
-        "--config",
-        str(settings.config),
-        *settings.fit_args,
-        "--run_dir",
-        str(run_dir),
-        "--seed_everything",
-        str(settings.seed),
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
-    cmd += ["--trainer.limit_test_batches", "0"]  # trials never look at the test set
-    if settings.pruner != "none":
-        cmd += [
-            f"--trainer.callbacks+={_PRUNING_CALLBACK}",
-            f"--trainer.callbacks.storage={settings.storage}",
-            f"--trainer.callbacks.study_name={settings.study_name}",
-            f"--trainer.callbacks.trial_number={trial_number}",
-            f"--trainer.callbacks.monitor={settings.space.metric}",
-            f"--trainer.callbacks.pruner={settings.pruner}",
-        ]
-    return [*cmd, "--config", overrides_yaml(values)]
-
-
-def read_objective(run_dir: Path, metric: str, direction: str) -> dict[str, Any] | None:
-    """Best epoch value of ``metric`` in ``<run_dir>/stats/metrics.json``, its epoch and the epoch count."""
-    path = run_dir / "stats" / "metrics.json"
-    try:
-        epochs = json.loads(path.read_text())["epochs"]
-    except (OSError, ValueError, KeyError):
-        return None
-    scored = [e for e in epochs if e.get(metric) is not None]
-    if not scored:
-        return None
-    pick = max if direction == "maximize" else min
-    best = pick(scored, key=lambda e: e[metric])
-    return {"value": best[metric], "best_epoch": best["epoch"], "epochs_trained": len(epochs)}
-
-
-def _trial_env(settings: TuneSettings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("WANDB_SERVICE", None)  # each trial starts its own W&B service
-    env.pop("GAAF_FIT_RUN_DIR", None)
-    env.setdefault("WANDB_RUN_GROUP", settings.study_name)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // settings.workers)))
-    return env
-
-
-@contextlib.contextmanager
-def _output_to(log: Path) -> Iterator[None]:
-    """Send this process's stdout and stderr (file descriptors 1 and 2, so C and logging output too) to ``log``."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with log.open("w") as fh:
-        os.dup2(fh.fileno(), 1)
-        os.dup2(fh.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-
-
-class _Signals:
-    """The SIGINT/SIGTERM a worker received, if any: it finishes (fails) the current trial and stops.
-
-    In-process trials need this: Lightning turns Ctrl+C into ``sys.exit(1)`` (and ignores SIGINT
-    afterwards) and SIGTERM into a ``SIGTERMException``, both of which would otherwise look like one
-    failed trial, after which the worker would go on with the next.
-    """
-
-    received: int | None = None
-
-    @classmethod
-    def handler(cls, signum: int, frame: Any) -> None:
-        cls.received = signum
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-
-    @classmethod
-    def install(cls) -> None:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(signum, cls.handler)
-
-    @classmethod
-    def check(cls) -> None:
-        """Exit like the signal would have (status 128 + signal number) once one was received."""
-        if cls.received is not None:
-            raise SystemExit(128 + cls.received)
-
-
-def _fit_in_process(fit_args: list[str], log: Path) -> int:
-    """``gaaf-fit FIT_ARGS`` through its ``main()`` in this process (imports paid once per worker); exit code."""
-    from pytorch_lightning.utilities.exceptions import SIGTERMException
-
-    from lightning_gaaf.cli import fit
-
-    with _output_to(log):
-        try:
-            fit.main(fit_args)
-            return 0
-        except SIGTERMException:
-            _Signals.received = signal.SIGTERM
-            return 128 + signal.SIGTERM
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-            if code in (128 + signal.SIGTERM, 128 + signal.SIGINT):
-                # gaaf-fit stopped on a signal (its own handler took it from ours): stop the worker too.
-                _Signals.received = code - 128
-            return code
-        except Exception:  # a crash of one trial: keep its traceback in its log, go on with the next
-            traceback.print_exc()
-            return 1
-        finally:
-            _Signals.install()  # Lightning leaves SIGINT ignored after an interrupted fit
-
-
-def run_trial(settings: TuneSettings, study: optuna.Study, trial: optuna.Trial) -> optuna.trial.TrialState:
-    """Run one trial as a ``gaaf-fit`` process and tell the study its outcome."""
-    run_dir = (settings.out / TRIALS_DIR / f"trial_{trial.number:04d}").resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    values = settings.space.suggest(trial)
-    trial.set_user_attr("run_dir", str(run_dir))
-    cmd = trial_command(settings, trial.number, values, run_dir)
-    log = run_dir.parent / f"trial_{trial.number:04d}.log"
-    started = time.time()
-    try:
-        if settings.in_process:
-            code = _fit_in_process(cmd[3:], log)
-        else:
-            with log.open("w") as fh:
-                code = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_trial_env(settings))
-    except BaseException:
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        raise
-    if _Signals.received is not None:
-        trial.set_user_attr("error", f"interrupted by signal {_Signals.received}")
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        _Signals.check()
-    trial.set_user_attr("wall_time_s", round(time.time() - started, 1))
-    result = read_objective(run_dir, settings.space.metric, settings.space.direction) if code == 0 else None
-    if result is None:
-        trial.set_user_attr("error", f"gaaf-fit exit {code}; log: {log}")
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        print(f"{PROG}: trial {trial.number} FAILED (exit {code}), log: {log}", flush=True)
-        return optuna.trial.TrialState.FAIL
-    for key in ("best_epoch", "epochs_trained"):
-        trial.set_user_attr(key, result[key])
-    if (run_dir / PRUNED_FILE).is_file():
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        state = optuna.trial.TrialState.PRUNED
-    else:
-        study.tell(trial, result["value"])
-        state = optuna.trial.TrialState.COMPLETE
-    shown = ", ".join(
-        f"{k.rsplit('.', 1)[-1]}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
-    )
-    print(
-        f"{PROG}: trial {trial.number} {state.name.lower()}: {settings.space.metric}={result['value']:.4f} "
-        f"(epoch {result['best_epoch']}/{result['epochs_trained']}) {shown} [{time.time() - started:.0f} s]",
-        flush=True,
-    )
-    return state
 
 
 def work(settings: TuneSettings, worker_index: int = 0) -> int:
     """One worker: claim and run trials until the study has ``n_trials``; returns how many it ran."""
     if settings.in_process:
-        os.environ.update(_trial_env(settings))
+        os.environ.update(trial_env(settings))
         import torch
 
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-        _Signals.install()
+        Signals.install()
     storage = open_storage(settings.storage)
     existing = len(optuna.load_study(study_name=settings.study_name, storage=storage).trials)
     seed = None if settings.sampler_seed is None else settings.sampler_seed + worker_index + 1000 * existing
@@ -377,7 +99,7 @@ def work(settings: TuneSettings, worker_index: int = 0) -> int:
     ran = failed_in_a_row = 0
     while (trial := claim_trial(study, settings.n_trials, settings.out / "claim.lock")) is not None:
         state = run_trial(settings, study, trial)
-        _Signals.check()
+        Signals.check()
         ran += 1
         failed_in_a_row = failed_in_a_row + 1 if state == optuna.trial.TrialState.FAIL else 0
         if failed_in_a_row >= settings.max_failures:
@@ -456,7 +178,7 @@ def run(settings: TuneSettings, report_only: bool = False) -> optuna.Study:
         interrupted = fail_interrupted_trials(study)
         if interrupted:
             print(f"{PROG}: trial(s) {interrupted} were interrupted; they are redone", flush=True)
-        done = len(study.get_trials(deepcopy=False, states=_COUNTED))
+        done = len(study.get_trials(deepcopy=False, states=COUNTED))
         print(
             f"{PROG}: study {settings.study_name!r}: {done}/{settings.n_trials} trials done, storage {settings.storage}"
         )

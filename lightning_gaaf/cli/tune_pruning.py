@@ -170,3 +170,8 @@ class TrialPruning(pl.Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.pruned_at = state_dict.get("pruned_at")
+
+
+#: The class path that adds :class:`TrialPruning` to a trial's Trainer (``--trainer.callbacks+=``);
+#: ``best.yaml`` leaves it out again. One definition, so that adding and removing cannot drift apart.
+PRUNING_CALLBACK = f"{TrialPruning.__module__}.{TrialPruning.__qualname__}"

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import yaml
 
-if TYPE_CHECKING:
-    from lightning_gaaf.cli.tune import TuneSettings
+from lightning_gaaf.cli.tune_pruning import PRUNING_CALLBACK
 
-_PRUNING_CALLBACK = "lightning_gaaf.cli.tune_pruning.TrialPruning"
+if TYPE_CHECKING:
+    from lightning_gaaf.cli.tune_settings import TuneSettings
 
 
 def _short(key: str) -> str:
@@ -132,7 +132,7 @@ def best_config(run_dir: Path, header: str, limit_test_batches: str | None = Non
     callbacks = trainer.get("callbacks")
     if isinstance(callbacks, list):
         trainer["callbacks"] = [
-            c for c in callbacks if not (isinstance(c, dict) and c.get("class_path") == _PRUNING_CALLBACK)
+            c for c in callbacks if not (isinstance(c, dict) and c.get("class_path") == PRUNING_CALLBACK)
         ]
     if limit_test_batches is None:
         trainer.pop("limit_test_batches", None)

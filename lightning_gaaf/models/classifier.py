@@ -106,6 +106,22 @@ class ImageClassifier(pl.LightningModule):
         self._train_correct.zero_()
         self._train_seen.zero_()
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Every rank's counters, so that a fit resumed in the middle of an epoch (Lightning does not run
+        # on_train_epoch_start again) reports that epoch's accuracy over all its batches. Checkpoints
+        # are written on all ranks together, so the gather is matched.
+        counts = torch.stack([self._train_correct, self._train_seen])
+        if self._trainer is not None and self.trainer.world_size > 1:
+            counts = self.all_gather(counts)
+        checkpoint["train_acc_counts"] = counts.reshape(-1, 2).tolist()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("train_acc_counts")
+        rank = self.global_rank if self._trainer is not None else 0
+        if saved and rank < len(saved):
+            self._train_correct.fill_(int(saved[rank][0]))
+            self._train_seen.fill_(int(saved[rank][1]))
+
     def on_train_epoch_end(self) -> None:
         # Summed over ranks first: the accuracy of every sample this epoch, whatever each rank saw.
         counts = torch.stack([self._train_correct, self._train_seen]).double()

@@ -11,7 +11,8 @@ were left alone. Three kinds of activation are found:
 * with ``functional=True``, functional calls inside ``forward`` (``torch.tanh``, ``F.relu``,
   ``x.tanh()``...), rewritten with ``torch.fx``.
 
-A policy ``(qualified_name, module) -> options | None`` gives per-layer options (None: leave it).
+A policy ``(qualified_name, module) -> options | None`` gives per-layer options (None: leave it); a
+mapping ``{name glob: options | None}`` says the same from YAML (first matching glob wins).
 Surgery must run before a model is wrapped for distributed training (DDP/FSDP), so wrapped models
 are refused.
 
@@ -22,8 +23,18 @@ rewrite) and :mod:`~lightning_gaaf.surgery.report`.
 """
 
 from lightning_gaaf.surgery.apply import apply_gaaf, strip_gaaf
-from lightning_gaaf.surgery.policy import Policy
+from lightning_gaaf.surgery.policy import Policy, PolicyMapping, as_policy, policy_from_mapping
 from lightning_gaaf.surgery.report import GAAFReport, Replacement
 from lightning_gaaf.surgery.selection import resolve_targets
 
-__all__ = ["GAAFReport", "Policy", "Replacement", "apply_gaaf", "resolve_targets", "strip_gaaf"]
+__all__ = [
+    "GAAFReport",
+    "Policy",
+    "PolicyMapping",
+    "Replacement",
+    "apply_gaaf",
+    "as_policy",
+    "policy_from_mapping",
+    "resolve_targets",
+    "strip_gaaf",
+]

@@ -13,7 +13,7 @@ from lightning_gaaf.activations import DEFAULT_K, GAAF, Shape, make_shape
 from lightning_gaaf.activations.catalog import match_function, match_module
 from lightning_gaaf.activations.sawtooth import check_k
 from lightning_gaaf.surgery.functional import rewrite_functional
-from lightning_gaaf.surgery.policy import Policy
+from lightning_gaaf.surgery.policy import Policy, PolicyMapping, as_policy
 from lightning_gaaf.surgery.report import GAAFReport, Replacement, show
 from lightning_gaaf.surgery.selection import (
     LOOKS_LIKE,
@@ -70,7 +70,7 @@ def apply_gaaf(
     shape: str | Shape | Callable[[Tensor], Tensor] | None = None,
     shape_kwargs: dict[str, float] | None = None,
     functional: bool = False,
-    policy: Policy | None = None,
+    policy: Policy | PolicyMapping | None = None,
 ) -> GAAFReport:
     """Replace the activations of ``model`` in place by :class:`~lightning_gaaf.GAAF` modules.
 
@@ -86,7 +86,9 @@ def apply_gaaf(
         policy: ``(qualified_name, module) -> dict | None`` called for every candidate that passed
             targets/include/exclude (``module`` is the plain activation module, also for function
             attributes and calls); a dict of ``K`` / ``shape`` / ``shape_kwargs`` overrides the
-            options for that layer, None leaves it alone.
+            options for that layer, None leaves it alone. Or a mapping ``{name glob: options or
+            None}``: the first glob that matches decides, unmatched names get the options above
+            (:mod:`~lightning_gaaf.surgery.policy`).
 
     Returns:
         A :class:`GAAFReport`: ``{qualified name: (old, new)}``, why each matched, look-alikes
@@ -101,13 +103,12 @@ def apply_gaaf(
         make_shape(shape, **shape_kwargs)  # fail early on an unknown shape name / bad parameters
     elif shape_kwargs:
         raise ValueError("apply_gaaf: shape_kwargs given without a shape name")
-    if policy is not None and not callable(policy):
-        raise TypeError(
-            f"apply_gaaf: policy must be a callable (name, module) -> dict | None, got {policy!r}"
-        )
+    layer_policy = as_policy(policy)
     report = GAAFReport()
     options = {"K": K, "shape": shape, "shape_kwargs": shape_kwargs}
-    chooser = Chooser(chosen_targets, as_patterns(include), as_patterns(exclude), policy, options, report)
+    chooser = Chooser(
+        chosen_targets, as_patterns(include), as_patterns(exclude), layer_policy, options, report
+    )
     existing = sum(isinstance(m, GAAF) for m in model.modules())
 
     _replace_modules(model, chooser, report)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -10,7 +10,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from typing_extensions import override
 
 from lightning_gaaf.activations import DEFAULT_K, GAAF
-from lightning_gaaf.surgery import GAAFReport, Policy, apply_gaaf, resolve_targets
+from lightning_gaaf.surgery import GAAFReport, Policy, PolicyMapping, apply_gaaf, as_policy, resolve_targets
 
 __all__ = ["GAAFCallback"]
 
@@ -22,13 +22,21 @@ class GAAFCallback(pl.Callback):
     FSDP), so the optimizer sees the final modules and every rank gets the same surgery. GAAF adds no
     parameters and keeps ``state_dict`` keys, so checkpoints resume into the same model.
 
-    The options are those of :func:`~lightning_gaaf.apply_gaaf` (``policy`` from Python only). In a
-    LightningCLI config::
+    The options are those of :func:`~lightning_gaaf.apply_gaaf`. In a LightningCLI config::
 
         trainer:
           callbacks:
             - class_path: lightning_gaaf.GAAFCallback
               init_args: {K: 10000, shape: gauss, shape_kwargs: {c: 3.0}}
+
+    ``policy`` is there either the import path of a callable (``policy: my_pkg.layer_policy``) or a
+    mapping ``{name glob: options or null}`` where the first matching glob wins and unmatched names
+    get the options above (:mod:`~lightning_gaaf.surgery.policy`)::
+
+              init_args:
+                policy: {"backbone.features.*": {K: 100000}, "backbone.head.*": null}
+
+    A mapping is checked here, so a bad glob or option fails before any data is loaded.
 
     The report (count and names of replaced modules, K, shape) goes to every logger's
     hyper-parameters under ``gaaf/...``.
@@ -43,7 +51,7 @@ class GAAFCallback(pl.Callback):
         shape: str | None = None,
         shape_kwargs: dict[str, float] | None = None,
         functional: bool = False,
-        policy: Policy | None = None,
+        policy: PolicyMapping | Policy | None = None,
     ) -> None:
         super().__init__()
         self.options: dict[str, Any] = dict(
@@ -55,7 +63,7 @@ class GAAFCallback(pl.Callback):
             shape_kwargs=dict(shape_kwargs) if shape_kwargs else None,
             functional=functional,
         )
-        self.policy: Callable | None = policy
+        self.policy: Policy | None = as_policy(policy)
         # Validate now, so that a bad YAML fails before any data is loaded.
         GAAF("tanh", shape=shape, K=K, **(shape_kwargs or {}))
         resolve_targets(self.options["targets"])

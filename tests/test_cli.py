@@ -19,6 +19,7 @@ from _cli_helpers import (
     history,
     run_fit,
     run_meta,
+    tiny,
     wandb_records,
 )
 
@@ -74,6 +75,43 @@ def test_fit_writes_run_dir_checkpoint_config_and_wandb_metrics(tmp_path: Path, 
     config = config_updates(records)
     assert config["gaaf/modules"] == ["backbone.act1", "backbone.act2", "backbone.act3"]
     assert config["model"]["init_args"]["backbone"]["init_args"]["activation"] == "tanh"
+
+
+def test_fit_with_a_per_layer_policy_from_yaml(tmp_path: Path, mnist_dir: Path) -> None:
+    """``gaaf.policy`` as a glob mapping in a config file: the first matching glob gives each layer
+    its options, null leaves one plain; the saved config keeps the mapping in its order."""
+    config = tmp_path / "mnist_policy.yaml"
+    config.write_text(
+        f"defaults: {CONFIGS / 'mnist_gaaf.yaml'}\n"
+        "gaaf:\n"
+        "  policy:\n"
+        "    backbone.act1: {K: 100, shape: one}\n"
+        "    backbone.act3: null\n"
+        "    backbone.act*: {K: 1000}\n"
+    )
+    args = ["--config", str(config), *tiny(train_batches=2)]
+    args += ["--trainer.logger", "pytorch_lightning.loggers.CSVLogger", "--trainer.logger.save_dir", "csv"]
+    result = run_fit(*args, cwd=tmp_path, env=fit_env(mnist_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # The report, as printed when the callback applied it, and as logged.
+    log = result.stdout + result.stderr
+    assert "backbone.act1: Tanh() -> GAAF(Tanh, shape=one(), K=100)" in log
+    assert "backbone.act2: Tanh() -> GAAF(Tanh, shape=gauss(c=3.0), K=1000)" in log
+    assert "backbone.act3: the policy returned None" in log
+    (hparams_file,) = (tmp_path / "csv").rglob("hparams.yaml")
+    hparams = yaml.safe_load(hparams_file.read_text())
+    assert hparams["gaaf/modules"] == ["backbone.act1", "backbone.act2"]
+    assert hparams["gaaf/shapes"] == ["gauss(c=3.0)", "one()"]
+
+    run_dir = tmp_path / "runs" / "mnist_policy" / "version_0"
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["gaaf"]["K"] == 10000 and saved["gaaf"]["enabled"] is True
+    assert list(saved["gaaf"]["policy"].items()) == [
+        ("backbone.act1", {"K": 100, "shape": "one"}),
+        ("backbone.act3", None),
+        ("backbone.act*", {"K": 1000}),
+    ]
 
 
 def test_ddp_two_cpu_processes_share_one_run(tmp_path: Path, mnist_dir: Path) -> None:
@@ -140,6 +178,11 @@ def _error_cases(tmp: Path, data: Path, empty: Path) -> dict[str, tuple[list[str
         ),
         "gpu_unavailable": (["--config", base, "--trainer.accelerator", "gpu"], data, ["accelerator=gpu"]),
         "missing_config": (["--config", str(tmp / "nope.yaml")], data, ["config", "nope.yaml"]),
+        "bad_policy_option": (
+            ["--config", base, "--gaaf.enabled", "true", "--gaaf.policy", '{"backbone.act*": {"k": 100}}'],
+            data,
+            ["policy glob 'backbone.act*': unknown option 'k'; allowed: K, shape, shape_kwargs"],
+        ),
         "defaults_cycle": (["--config", loop], data, ["defaults", "cycle"]),
     }
 
@@ -152,6 +195,7 @@ ERROR_CASES = [
     "missing_dataset",
     "gpu_unavailable",
     "missing_config",
+    "bad_policy_option",
     "defaults_cycle",
 ]
 

@@ -160,6 +160,27 @@ def test_file_overrides_defaults_and_command_line_overrides_both(build) -> None:
     assert cli.model.configure_optimizers().defaults["lr"] == 0.3
 
 
+def test_gaaf_policy_from_the_command_line(build, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--gaaf.policy`` takes the import path of a callable or a glob mapping; both are saved as given."""
+    (tmp_path / "my_layer_policies.py").write_text(
+        "def first_only(name, module):\n    return {'K': 100} if name == 'backbone.act1' else None\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    gaaf = str(CONFIGS / "mnist_gaaf.yaml")
+    cli = build("--config", gaaf, "--gaaf.policy", "my_layer_policies.first_only")
+    policy = cli.trainer.callbacks[0].policy
+    assert policy.__module__ == "my_layer_policies" and policy("backbone.act2", nn.Tanh()) is None
+    assert yaml.safe_load(cli.parser.dump(cli.config))["gaaf"]["policy"] == "my_layer_policies.first_only"
+
+    cli = build("--config", gaaf, "--gaaf.policy", '{"backbone.act1": {"K": 100}, "*": null}')
+    policy = cli.trainer.callbacks[0].policy
+    assert policy("backbone.act1", nn.Tanh()) == {"K": 100} and policy("backbone.act2", nn.Tanh()) is None
+    assert yaml.safe_load(cli.parser.dump(cli.config))["gaaf"]["policy"] == {
+        "backbone.act1": {"K": 100},
+        "*": None,
+    }
+
+
 def test_cosine_schedule_spans_an_overridden_epoch_budget(build) -> None:
     cli = build("--config", str(CONFIGS / "cifar100_base.yaml"), "--trainer.max_epochs", "5")
     cli.model.trainer = cli.trainer

@@ -139,6 +139,45 @@ def test_usable_from_a_lightning_cli_config(tmp_path):
     assert callback.options["functional"] is False
 
 
+def test_policy_mapping_gives_each_layer_its_options(tmp_path):
+    pl.seed_everything(0)
+    model = PlainClassifier()
+    callback = GAAFCallback(K=5000, policy={"net.3": None, "net.*": {"K": 100, "shape": "one"}})
+    trainer(tmp_path, [callback], max_steps=2).fit(model, train_dataloaders=loader())
+    assert repr(model.net[1]) == "GAAF(Tanh, shape=one(), K=100)"
+    assert type(model.net[3]) is nn.Tanh  # the first matching glob maps it to None
+    assert callback.report.skipped["net.3"] == "the policy returned None"
+    hparams = yaml.safe_load((tmp_path / "csv" / "version_0" / "hparams.yaml").read_text())
+    assert hparams["gaaf/modules"] == ["net.1"] and hparams["gaaf/shapes"] == ["one()"]
+
+
+def layer_policy(name, module):
+    """A policy named by its import path in the config below."""
+    return {"K": 100} if name == "net.1" else None
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [{"net.1": {"K": 100}, "*": None}, "test_gaaf_callback.layer_policy"],
+    ids=["mapping", "import path"],
+)
+def test_policy_from_a_lightning_cli_config(tmp_path, policy):
+    config = {
+        "trainer": {
+            "callbacks": [{"class_path": "lightning_gaaf.GAAFCallback", "init_args": {"policy": policy}}],
+            "logger": False,
+            "enable_progress_bar": False,
+            "default_root_dir": str(tmp_path),
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    cli = LightningCLI(DemoModel, BoringDataModule, run=False, args=["--config", str(path)])
+    (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, GAAFCallback)]
+    assert callback.policy("net.1", nn.Tanh()) == {"K": 100}
+    assert callback.policy("net.3", nn.Tanh()) is None
+
+
 def test_bad_options_fail_at_construction():
     with pytest.raises(ValueError, match="unknown shape 'gaus'"):
         GAAFCallback(shape="gaus")
@@ -146,3 +185,9 @@ def test_bad_options_fail_at_construction():
         GAAFCallback(K=-1)
     with pytest.raises(ValueError, match="unknown target 'relux'"):
         GAAFCallback(targets=["relux"])
+    with pytest.raises(
+        ValueError, match=r"^policy glob 'net\.\*': unknown option 'k'; allowed: K, shape, shape_kwargs$"
+    ):
+        GAAFCallback(policy={"net.1": None, "net.*": {"k": 100}})
+    with pytest.raises(ValueError, match=r"^policy glob 'net\.1': GAAF: unknown shape 'gaus'"):
+        GAAFCallback(policy={"net.1": {"shape": "gaus"}})

@@ -1,8 +1,10 @@
 """apply_gaaf / strip_gaaf: counts, names, shared modules, functional calls, round trips, refusals."""
 
 import os
+import re
 import socket
 import warnings
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_gaaf import GAAF, apply_gaaf, strip_gaaf
+from lightning_gaaf.surgery import policy_from_mapping
 
 
 class Block(nn.Module):
@@ -456,5 +459,65 @@ def test_policy_chooses_options_per_layer():
     assert report["leaky_relu"].new.K == 10_000 and repr(report["leaky_relu"].new.shape).startswith("shifted")
     with pytest.raises(ValueError, match=r"the policy returned unknown option\(s\) \['k'\] for 'shared'"):
         apply_gaaf(make_model(), policy=lambda name, module: {"k": 1.0})
-    with pytest.raises(TypeError, match="policy must be a callable"):
-        apply_gaaf(make_model(), policy={"K": 1.0})
+    with pytest.raises(TypeError, match=r"policy must be a callable .* or a mapping \{name glob"):
+        apply_gaaf(make_model(), policy=3)
+
+
+def features_and_head() -> nn.Module:
+    """``features.1``, ``features.3`` (Tanh), ``head.1`` (ReLU), ``head.3`` (Sigmoid)."""
+    features = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh())
+    head = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2), nn.Sigmoid())
+    return nn.Sequential(OrderedDict(features=features, head=head))
+
+
+def test_policy_mapping_first_matching_glob_decides():
+    rules = {"features.3": {"K": 100.0, "shape": "one"}, "features.*": {"K": 1000.0}, "head.1": None}
+    model = features_and_head()
+    report = apply_gaaf(model, K=5000.0, policy=rules)
+    assert set(report) == {"features.1", "features.3", "head.3"}
+    # features.3 matches two globs: the first one written decides.
+    assert model.features[3].K == 100.0 and repr(model.features[3].shape) == "one()"
+    assert model.features[1].K == 1000.0 and repr(model.features[1].shape) == "gauss(c=3.0)"
+    # head.3 matches no glob: the call's options. head.1 maps to None: left alone, and reported.
+    assert model.head[3].K == 5000.0 and isinstance(model.head[3].base, nn.Sigmoid)
+    assert type(model.head[1]) is nn.ReLU
+    assert report.skipped["head.1"] == "the policy returned None"
+    summary = report.summary()
+    assert "features.3: Tanh() -> GAAF(Tanh, shape=one(), K=100)" in summary
+    assert "features.1: Tanh() -> GAAF(Tanh, shape=gauss(c=3.0), K=1000)" in summary
+    assert "head.3: Sigmoid() -> GAAF(Sigmoid, shape=gauss(c=3.0), K=5000)" in summary
+
+    swapped = features_and_head()
+    apply_gaaf(swapped, K=5000.0, policy=dict(reversed(list(rules.items()))))
+    assert swapped.features[3].K == 1000.0  # now "features.*" comes first
+
+
+BAD_MAPPINGS = {
+    "unknown option": (
+        {"features.*": {"K": 1.0, "k": 2.0}},
+        "policy glob 'features.*': unknown option 'k'; allowed: K, shape, shape_kwargs",
+    ),
+    "options, not a mapping": (
+        {"K": 1.0},
+        "policy glob 'K': expected options (K, shape, shape_kwargs) or null, got 1.0 "
+        "(a policy mapping is {name glob: options})",
+    ),
+    "unknown shape": ({"head.*": {"shape": "gaus"}}, "policy glob 'head.*': GAAF: unknown shape 'gaus'"),
+    "bad K": (
+        {"head.*": None, "features.*": {"K": -1}},
+        "policy glob 'features.*': GAAF: K must be a positive",
+    ),
+    "glob not a string": ({3: {}}, "policy: glob 3 is not a string"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_MAPPINGS)
+def test_bad_policy_mapping_fails_in_one_line_naming_the_glob(case):
+    rules, message = BAD_MAPPINGS[case]
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        policy_from_mapping(rules)  # checked when the policy is built, before any model is seen
+    assert "\n" not in str(err.value)
+    model = features_and_head()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        apply_gaaf(model, policy=rules)
+    assert not any(isinstance(m, GAAF) for m in model.modules())

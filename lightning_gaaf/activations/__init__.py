@@ -2,7 +2,9 @@
 
 * :mod:`~lightning_gaaf.activations.sawtooth`: ``g(x) = (xK - floor(xK) - 0.5) / K``;
 * :mod:`~lightning_gaaf.activations.shapes`: the shape functions ``s(x)`` and their registry;
-* :mod:`~lightning_gaaf.activations.catalog`: the one table of supported activations;
+* :mod:`~lightning_gaaf.activations.catalog`: the one table of supported activations (entries:
+  :mod:`~lightning_gaaf.activations.spec`, formulas: :mod:`~lightning_gaaf.activations.derivatives`);
+* :mod:`~lightning_gaaf.activations.registry`: lookups in that table and registration;
 * :mod:`~lightning_gaaf.activations.function`: the custom ops, :func:`gaaf` and :class:`GAAF`;
 * :mod:`~lightning_gaaf.activations.backends`: which kernels run (``GAAF_BACKEND``).
 

@@ -15,7 +15,9 @@ LightningCLI override works (``--trainer.max_epochs 3``, ``--model.optimizer.lr 
   exactly as if given as earlier ``--config`` options, then the rest of the file.
 * **GAAF section** -- ``gaaf: {enabled: true, K: 10000, shape: null, ...}`` adds a
   :class:`~lightning_gaaf.GAAFCallback` with those options, ahead of every other callback so that
-  monitors see the final modules.
+  monitors see the final modules. ``gaaf.policy`` gives per-layer options: a glob mapping
+  ``{"backbone.fc*": {K: 1000}, "backbone.head.*": null}`` (first matching glob wins) or the import
+  path of a callable ``(name, module) -> options | None``.
 * **one run directory** -- ``runs/<config name>/version_N/`` (or ``--run_dir``, or an explicit
   ``--trainer.default_root_dir``) holds ``config.yaml``, ``checkpoints/`` and the W&B files.
 * **defaults** -- a ``WandbLogger`` (project ``lightning-gaaf``, offline unless ``WANDB_MODE`` is set),

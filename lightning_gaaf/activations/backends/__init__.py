@@ -26,9 +26,9 @@ from torch import Tensor
 from lightning_gaaf.activations.backends import native
 from lightning_gaaf.activations.backends.compiled import CompiledKernels
 from lightning_gaaf.activations.backends.eager import backward_math, forward_math
-from lightning_gaaf.activations.catalog import BoundActivation
 from lightning_gaaf.activations.sawtooth import compute_dtype, inverse_k
 from lightning_gaaf.activations.shapes import CallableShape, Shape
+from lightning_gaaf.activations.spec import BoundActivation
 
 __all__ = ["BACKENDS", "Kernels", "get_backend", "kernels_for", "set_backend", "use_backend"]
 

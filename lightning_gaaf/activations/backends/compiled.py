@@ -16,9 +16,9 @@ from torch import Tensor
 
 from lightning_gaaf.activations.backends import native
 from lightning_gaaf.activations.backends.eager import backward_math, forward_math
-from lightning_gaaf.activations.catalog import BoundActivation
 from lightning_gaaf.activations.sawtooth import times_sawtooth
 from lightning_gaaf.activations.shapes import Shape
+from lightning_gaaf.activations.spec import BoundActivation
 
 __all__ = ["CompiledKernels", "inductor_options"]
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lightning_gaaf.activations.catalog import BoundActivation
 from lightning_gaaf.activations.sawtooth import times_sawtooth
 from lightning_gaaf.activations.shapes import Shape
+from lightning_gaaf.activations.spec import BoundActivation
 
 __all__ = ["backward_math", "forward_math"]
 

@@ -92,6 +92,14 @@ def _as_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t if t.dtype is dtype else t.to(dtype)
 
 
+def _in_compute_dtype(x: Tensor) -> Tensor:
+    """``x`` in :func:`compute_dtype` (float32 and float64 as they are, without a promotion lookup)."""
+    dtype = x.dtype
+    if dtype is torch.float32 or dtype is torch.float64:
+        return x
+    return x.to(compute_dtype(dtype))
+
+
 class Kernels:
     """Forward/backward of ``phi + g s`` for one (base, shape, K), on the backend in force.
 
@@ -119,12 +127,17 @@ class Kernels:
     def _inv(self, x: Tensor) -> float:
         return self._inv_k.get(x.dtype, 0.0)
 
-    def _use_native(self, backend: str, *tensors: Tensor) -> bool:
-        """Cheapest checks first: this runs twice per GAAF layer per training step."""
+    def _use_native(self, backend: str, x: Tensor, grad_out: Tensor | None = None) -> bool:
+        """Cheapest checks first: this runs twice per GAAF layer per training step.
+
+        ``grad_out`` is already in ``x``'s dtype; only its device is checked.
+        """
         return (
             self._native is not None
-            and backend in ("auto", "native")
-            and all(t.dtype is torch.float32 and t.is_cpu for t in tensors)
+            and (backend == "auto" or backend == "native")
+            and x.dtype is torch.float32
+            and x.is_cpu
+            and (grad_out is None or grad_out.is_cpu)
             and native.load_library() is not None
         )
 
@@ -169,7 +182,7 @@ class Kernels:
         if self.K is None:  # exact mode: bit-identical to phi
             out = torch.zeros_like(x) if self.base is None else self.base.phi(x)
             return out.contiguous()
-        xc = _as_dtype(x, compute_dtype(x.dtype))
+        xc = _in_compute_dtype(x)
         backend = get_backend()
         if self._use_native(backend, xc):
             out = self._native.forward(xc.contiguous())
@@ -179,7 +192,7 @@ class Kernels:
 
     def backward(self, x: Tensor, grad_out: Tensor) -> Tensor:
         """``grad_out * (phi'(x) + s(x) + g(x) s'(x))`` in x's dtype."""
-        xc = _as_dtype(x, compute_dtype(x.dtype))
+        xc = _in_compute_dtype(x)
         gc = _as_dtype(grad_out, xc.dtype)  # x's shape (autograd checks it), any strides (even expanded)
         backend = get_backend()
         if self.K is not None and self._use_native(backend, xc, gc):

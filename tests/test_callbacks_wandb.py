@@ -78,6 +78,22 @@ def test_scalars_are_logged_at_their_global_steps(wandb_fit):
     assert all(v > 0 for v in var.history["backbone.4"])
 
 
+def test_all_monitors_of_one_step_share_one_history_row(wandb_fit):
+    """One W&B log call per logging step for all monitors together (each call costs ~1 ms)."""
+    _, _, history, _ = wandb_fit
+    for step in (1, 3):
+        rows = [
+            r
+            for r in history
+            if r.get("trainer/global_step") == step and any(k.startswith("gaaf/") for k in r)
+        ]
+        assert len(rows) == 1, rows
+        keys = set(rows[0])
+        for key in ("gaaf/grad_info/backbone.3", "gaaf/saturation/backbone.1", "gaaf/net_var/backbone.4"):
+            assert key in keys
+        assert "gaaf/net_hist/backbone.1.values" in keys  # the histograms ride in the same row
+
+
 def test_histograms_carry_the_fixed_edges_and_counts(wandb_fit):
     root, (_, sat, _, _, weights), history, _ = wandb_fit
     rows = rows_with(history, "gaaf/net_hist/backbone.1.values")

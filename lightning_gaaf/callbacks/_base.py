@@ -13,7 +13,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_gaaf.callbacks._args import check_interval, is_log_step, resolve_interval
-from lightning_gaaf.callbacks._loggers import log_images, log_summary, report_dir, stats_dir
+from lightning_gaaf.callbacks._loggers import flush_logs, log_images, log_summary, report_dir, stats_dir
 from lightning_gaaf.stats import write_stats
 
 
@@ -58,6 +58,7 @@ class Monitor(Callback):
 
     def save(self, trainer: pl.Trainer, partial: bool = False) -> None:
         """Rank 0: the stats file, the figures and (unless ``partial``) the summary and images for the loggers."""
+        flush_logs(trainer)
         if not trainer.is_global_zero:
             return
         stats = self.stats()

@@ -10,7 +10,9 @@ media and skip them.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,18 @@ def finite(scalars: Mapping[str, float | None]) -> dict[str, float]:
     return {k: float(v) for k, v in scalars.items() if v is not None and math.isfinite(v)}
 
 
+@dataclass
+class _Record:
+    """The monitors' numbers of one step, not yet handed to the loggers."""
+
+    step: int
+    scalars: dict[str, float] = field(default_factory=dict)
+    histograms: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+_PENDING: weakref.WeakKeyDictionary[pl.Trainer, _Record] = weakref.WeakKeyDictionary()
+
+
 def log_scalars(
     trainer: pl.Trainer,
     scalars: Mapping[str, float | None],
@@ -42,9 +56,14 @@ def log_scalars(
     histograms: Mapping[str, Histogram] | None = None,
     sums: Mapping[str, tuple[float, float]] | None = None,
 ) -> None:
-    """One step's numbers: finite scalars to every logger at ``step`` (rank 0) and to
-    ``trainer.callback_metrics`` (all ranks); ``histograms`` (see :func:`log_histograms`) to W&B, in
-    the same record as the scalars, and to TensorBoard.
+    """One step's numbers: finite scalars to ``trainer.callback_metrics`` now (all ranks) and to every
+    logger at ``step`` (rank 0); ``histograms`` (see :func:`log_histograms`) to W&B, in the same
+    record as the scalars, and to TensorBoard.
+
+    All monitors' numbers of one step go to the loggers as one record (one ``log_metrics`` call per
+    logger, one W&B history row): they are collected until a monitor logs another step or
+    :func:`flush_logs` runs (every monitor calls it when it saves its statistics and on exceptions).
+    A logger call costs about a millisecond (W&B), several per logging step added up.
 
     ``callback_metrics`` is the dict ``EarlyStopping`` and ``ModelCheckpoint`` read; the values are
     written into it directly rather than through ``LightningModule.log``: every key logged that way
@@ -56,22 +75,29 @@ def log_scalars(
     if not trainer.is_global_zero:
         return
     hists = _nonempty(histograms or {})
+    _tensorboard_histograms(trainer, hists, step, sums)
+    record = _PENDING.get(trainer)
+    if record is not None and record.step != step:
+        flush_logs(trainer)
+        record = None
+    if record is None:
+        record = _PENDING[trainer] = _Record(step)
+    record.scalars.update(clean)
+    record.histograms.update(hists)
+
+
+def flush_logs(trainer: pl.Trainer) -> None:
+    """Hand the collected record (if any) to every logger."""
+    record = _PENDING.pop(trainer, None)
+    if record is None or not trainer.is_global_zero:
+        return
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
-            media = _wandb_histograms(hists)
-            if clean or media:
-                logger.experiment.log({**clean, **media, "trainer/global_step": step})
-        elif clean:
-            logger.log_metrics(clean, step=step)
-    _tensorboard_histograms(trainer, hists, step, sums)
-
-
-def log_to_loggers(trainer: pl.Trainer, scalars: Mapping[str, float | None], step: int) -> None:
-    """Finite scalars to every logger at ``step`` (rank 0 only)."""
-    clean = finite(scalars)
-    if clean and trainer.is_global_zero:
-        for logger in trainer.loggers:
-            logger.log_metrics(clean, step=step)
+            media = _wandb_histograms(record.histograms)
+            if record.scalars or media:
+                logger.experiment.log({**record.scalars, **media, "trainer/global_step": record.step})
+        elif record.scalars:
+            logger.log_metrics(record.scalars, step=record.step)
 
 
 def _wandb(trainer: pl.Trainer) -> list[WandbLogger]:

@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from lightning_gaaf._deprecation import renamed_attributes
 from lightning_gaaf.callbacks._base import Monitor
-from lightning_gaaf.callbacks._loggers import report_dir, stats_dir
+from lightning_gaaf.callbacks._loggers import flush_logs, report_dir, stats_dir
 from lightning_gaaf.stats import plots, write_stats
 
 __all__ = ["MetricsMonitor"]
@@ -120,6 +120,7 @@ class MetricsMonitor(Monitor):
     @override
     def save(self, trainer: pl.Trainer, partial: bool = False) -> None:
         # Only the figure: the loggers already have these metrics.
+        flush_logs(trainer)
         if trainer.is_global_zero:
             stats = self.stats()
             write_stats(stats_dir(trainer), self.statistic, stats, partial=partial)

@@ -21,3 +21,12 @@ def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mnist")
     write_mnist(root, n_train=256, n_test=64, seed=0)
     return root
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Name the test order even under ``-q`` (which hides pytest-randomly's header line)."""
+    if config.pluginmanager.hasplugin("randomly"):
+        seed = config.getoption("randomly_seed")
+        terminalreporter.write_line(
+            f"test order: -p randomly --randomly-seed={seed} repeats it; -p no:randomly keeps the file order"
+        )

@@ -16,10 +16,12 @@ not per step). The test-set statistics add no pass over the data: they are colle
 in one process, all logging into one offline W&B run; the median of the per-pair ratios is
 printed, for wall time and for this process's CPU time (on a machine shared with other work the
 CPU-time ratio is the steadier one; W&B's own service process is only in the wall time). One
-intra-op thread by default (``--threads``) so a busy machine slows both sides alike.
+intra-op thread by default (``--threads``) so a busy machine slows both sides alike. The pairs
+scatter by ±15 % on a VM whose speed drifts, so ``--breakdown-repeats`` more fits time what each
+monitor spends inside its hooks (:class:`HookTimer`) as a share of the same fits' step time.
 
-Usage: ``python benchmarks/callbacks.py [--repeats 15] [--steps 100] [--warmup 10] [--each]``
-(``--each`` also times every monitor alone).
+Usage: ``python benchmarks/callbacks.py [--repeats 15] [--steps 100] [--warmup 10] [--each]
+[--breakdown-repeats 3]`` (``--each`` also times every monitor alone).
 """
 
 from __future__ import annotations

@@ -135,6 +135,11 @@ class StepHistory(Monitor):
         for name, value in values.items():
             self.history[name].append(value)
 
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The history is complete when training ends: write it (subclasses finish pending work first)."""
+        self.save(trainer)
+
     def history_stats(self) -> dict[str, Any]:
         """The part of ``stats/<statistic>.json`` every step monitor shares."""
         return {

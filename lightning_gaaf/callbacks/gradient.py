@@ -91,7 +91,3 @@ class GradInfoMonitor(StepHistory):
         if not stats["steps"]:
             return {}
         return {"gaaf/report/grad_info": plots.plot_grad_info([("", stats)], out / "grad_info.png")}
-
-    @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.save(trainer)

@@ -187,7 +187,3 @@ class GradScaleMonitor(StepHistory):
         if not stats["steps"]:
             return {}
         return {"gaaf/report/grad_scale": plots.plot_grad_scale([("", stats)], out / "grad_scale.png")}
-
-    @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.save(trainer)

@@ -259,10 +259,6 @@ class NetVarMonitor(StepHistory):
             return {}
         return {"gaaf/report/net_var": plots.plot_net_var([("", stats)], out / "net_var.png")}
 
-    @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.save(trainer)
-
 
 def _recorder(tracker: _RepeatVariance):
     def hook(module: nn.Module, args: tuple[Any, ...]) -> None:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from lightning_gaaf.cli import reproduce
-from lightning_gaaf.cli.reproduce_tables import PAPER_NOT_AVAILABLE, paired_difference
+from lightning_gaaf.cli.reproduce_tables import PAPER_NOTE, paired_difference
 from lightning_gaaf.datamodules.synthetic import write_mnist
 from lightning_gaaf.stats import find_stats_file, read_stats
 
@@ -59,16 +59,16 @@ def test_quick_reproduction_writes_tables_json_and_figure(quick_run):
         row = next(line for line in table4.splitlines() if line.startswith(f"| {model} |"))
         assert f"{acc:.2f}" in row and f"| {epochs} |" in row
         ours = results["runs"][model][0]["test_acc"]
-        assert f"{ours:.2f} (0.00)" in row
+        assert f"| {ours:.2f} | " in row and "(0.00)" not in row  # one seed: no spread shown
     table2 = (out / "table2.md").read_text()
-    assert table2.splitlines()[0] == "| layer | base | dropout | gaaf |"
-    assert len(table2.splitlines()) == 2 + 4
+    assert table2.splitlines()[0].startswith("| layer | base | dropout | gaaf | paper")
+    assert len([line for line in table2.splitlines() if line.startswith("| backbone.")]) == 4
     # Table 1: one row per model and hidden layer, one column per threshold, from NodeCorrelationMonitor.
     table1 = (out / "table1.md").read_text()
     header = next(line for line in table1.splitlines() if line.startswith("| model |"))
     assert (
         header
-        == "| model | layer | live nodes | \\|corr\\| > 0.9 | \\|corr\\| > 0.8 | \\|corr\\| > 0.7 | \\|corr\\| > 0.6 | \\|corr\\| > 0.5 |"
+        == "| model | layer | live nodes | \\|corr\\| > 0.9 | \\|corr\\| > 0.8 | \\|corr\\| > 0.7 | \\|corr\\| > 0.6 | \\|corr\\| > 0.5 | paper, MNIST: \\|corr\\| > 0.9 |"
     )
     rows = [line for line in table1.splitlines() if line.startswith("| ") and not line.startswith("| model")]
     assert [row.split(" | ")[:2] for row in rows] == [
@@ -82,11 +82,17 @@ def test_quick_reproduction_writes_tables_json_and_figure(quick_run):
     gaaf_row = next(row for row in rows if row.startswith("| gaaf | backbone.act1 |"))
     share = 100 * first["pairs"] / first["total_pairs"]
     assert f"| {first['pairs']} ({share:.1f} %) |" in gaaf_row
-    assert PAPER_NOT_AVAILABLE in table1
+    assert PAPER_NOTE in table1
     # Table 3: net variance under dropout, only the dropout model records it.
     table3 = (out / "table3.md").read_text()
     var_rows = [line for line in table3.splitlines() if line.startswith("| dropout |")]
-    assert [row.split(" | ")[1] for row in var_rows] == ["backbone.act1", "backbone.act2", "backbone.act3"]
+    assert [row.split(" | ")[1] for row in var_rows] == [
+        "backbone.act1",
+        "backbone.act2",
+        "backbone.act3",
+        "last (output) layer",
+    ]
+    assert "| not measured |" in var_rows[-1]
     assert not any(line.startswith(("| base |", "| gaaf |")) for line in table3.splitlines())
     dropout_config = yaml.safe_load(
         (Path(results["runs"]["dropout"][0]["run_dir"]) / "config.yaml").read_text()
@@ -99,8 +105,8 @@ def test_quick_reproduction_writes_tables_json_and_figure(quick_run):
         (Path(results["runs"]["dropout"][0]["run_dir"]) / "stats" / "net_var.json").read_text()
     )
     last = [v for v in net_var["layers"]["backbone.act1"] if v is not None][-1]
-    assert f"| {last:.4g} (0) | 1 |" in var_rows[0]
-    assert "over 20 dropout masks" in table3 and PAPER_NOT_AVAILABLE in table3
+    assert f"| {last:.4g} | 1 |" in var_rows[0]
+    assert "over 20 dropout masks" in table3 and PAPER_NOTE in table3
     png = (out / "nets_test.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert "3 run(s) to train, 0 finished run(s) reused" in proc.stdout

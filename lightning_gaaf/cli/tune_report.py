@@ -71,43 +71,16 @@ def write_trials_table(rows: list[dict[str, Any]], csv_path: Path, md_path: Path
 
 def plot_history(study: optuna.Study, path: Path, metric: str) -> Path:
     """Each finished trial's value (complete: filled; pruned: hollow, its last reported value) and the
-    best complete value so far."""
-    import matplotlib
+    best complete value so far, on integer trial ticks."""
+    from lightning_gaaf.stats import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    trials = [
+        (t.number, t.state.name.lower(), t.value)
+        for t in study.get_trials(deepcopy=False)
+        if t.values and math.isfinite(t.value)
+    ]
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    done = [t for t in study.get_trials(deepcopy=False) if t.values and math.isfinite(t.value)]
-    complete = [t for t in done if t.state == optuna.trial.TrialState.COMPLETE]
-    pruned = [t for t in done if t.state == optuna.trial.TrialState.PRUNED]
-    ax.scatter([t.number for t in complete], [t.value for t in complete], s=18, label="complete")
-    ax.scatter(
-        [t.number for t in pruned],
-        [t.value for t in pruned],
-        s=18,
-        facecolors="none",
-        edgecolors="gray",
-        label="pruned",
-    )
-    best, xs, ys = None, [], []
-    for t in sorted(complete, key=lambda t: t.number):
-        if best is None or (t.value > best if maximize else t.value < best):
-            best = t.value
-        xs.append(t.number)
-        ys.append(best)
-    if xs:
-        last = max(t.number for t in done)
-        ax.step([*xs, last], [*ys, ys[-1]], where="post", color="C3", label="best so far")
-    ax.set_xlabel("trial")
-    ax.set_ylabel(f"best {metric} of the run")
-    ax.set_title(f"{study.study_name}: optimisation history")
-    ax.legend(loc="best", fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plots.plot_tuning_history(trials, path, study.study_name, metric, maximize)
 
 
 def user_value(fit_args: list[str], key: str) -> str | None:

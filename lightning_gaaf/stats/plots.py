@@ -3,13 +3,15 @@
 Every function takes ``runs``: a list of ``(label, stats)`` where ``stats`` is a stats file as
 :func:`lightning_gaaf.stats.read_stats` returns it (label ``""`` = single run, no legend), draws one
 panel per layer and writes a PNG. Fractions are drawn on a fixed [0, 1] axis (a change of 0.003
-must not look like a cliff); steps and epochs get integer ticks. Figures are built with the Agg
-canvas directly, so the user's matplotlib backend is never touched.
+must not look like a cliff); steps and epochs get integer ticks, few enough to stay apart on a narrow
+panel, large step counts written as ``20k``. Every panel names its axes. Figures are built with the
+Agg canvas directly, so the user's matplotlib backend is never touched.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,12 +20,13 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 Run = tuple[str, Any]
 
 __all__ = [
     "Run",
+    "history_figure",
     "plot_grad_info",
     "plot_grad_scale",
     "plot_metrics",
@@ -31,6 +34,7 @@ __all__ = [
     "plot_net_var",
     "plot_node_correlation",
     "plot_saturation",
+    "plot_tuning_history",
     "plot_weight_hist",
     "metrics_figure",
     "saturation_figure",
@@ -87,6 +91,19 @@ def _color(i: int) -> str:
     return f"C{i % 10}"
 
 
+def _count_label(value: float, _pos: int | None = None) -> str:
+    """Tick label of a count: ``20k`` from 1000 on (``20000`` labels run together on a narrow panel)."""
+    if abs(value) >= 1000:
+        return f"{value / 1000:g}k"
+    return f"{value:g}"
+
+
+def _integer_axis(ax: Axes, nbins: int = 5) -> None:
+    """Integer ticks on the x axis, at most ``nbins`` intervals, large counts as ``20k``."""
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=nbins, integer=True))
+    ax.xaxis.set_major_formatter(FuncFormatter(_count_label))
+
+
 def _lines(
     runs: Sequence[Run],
     title: str,
@@ -107,7 +124,7 @@ def _lines(
             ax.set_yscale("log")
         if fraction:
             ax.set_ylim(0.0, 1.0)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _integer_axis(ax)
         ax.set_title(layer, fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
@@ -256,12 +273,24 @@ _METRIC_ORDER = ("train/loss", "val/loss", "train/acc", "val/acc")
 
 
 def plot_metrics(runs: Sequence[Run], path: Path) -> Path:
-    """Epoch metrics of ``stats/metrics.json`` (loss, accuracy, ...) over epochs; test metrics in the title."""
+    """Epoch metrics of ``stats/metrics.json`` (loss, accuracy, ...) over epochs; test metrics noted
+    on the validation panel of the same metric."""
     return save_figure(metrics_figure(runs), path)
+
+
+def _metric_label(key: str) -> str:
+    """The y-axis label of an epoch metric: what it measures, without the split."""
+    name = key.split("/", 1)[-1]
+    if key.startswith("lr-"):
+        return "learning rate"
+    return {"acc": "accuracy", "loss": "loss"}.get(name, name)
 
 
 def metrics_figure(runs: Sequence[Run]) -> Figure:
     """The figure of :func:`plot_metrics`: one panel per metric, integer epoch ticks, accuracies on [0, 1].
+
+    Test metrics (one value per run, of the tested checkpoint) are written on the ``val/`` panel of
+    the same metric, one line per run in its colour; those without one go under the title.
 
     The monitors' per-layer ``gaaf/...`` values, also in the epoch records, are left out: each has
     its own figure, and dozens of extra panels made this one slow to draw (seconds per run) and hard
@@ -274,6 +303,7 @@ def metrics_figure(runs: Sequence[Run]) -> Figure:
     )
     keys = [k for k in _METRIC_ORDER if k in keys] + sorted(k for k in keys if k not in _METRIC_ORDER)
     fig, axes = _figure(len(keys), "training curves")
+    tests = _layers(runs, lambda s: [k for k, v in (s.get("test") or {}).items() if v is not None])
     for ax, key in zip(axes, keys, strict=True):
         values: list[float] = []
         for i, (label, stats) in enumerate(runs):
@@ -281,13 +311,89 @@ def metrics_figure(runs: Sequence[Run]) -> Figure:
             if points:
                 ax.plot(*zip(*points, strict=True), color=_color(i), label=label or None, marker=".", lw=1.2)
                 values += [v for _, v in points]
-        tests = [stats.get("test", {}).get("test/" + key.split("/", 1)[-1]) for _, stats in runs]
-        title = key
-        if any(t is not None for t in tests):
-            title += "   (test: " + ", ".join("n/a" if t is None else f"{t:.4g}" for t in tests) + ")"
         if key.endswith("acc") and values and 0.0 <= min(values) and max(values) <= 1.0:
             ax.set_ylim(0.0, 1.0)  # accuracies are fractions
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(title, fontsize=9)
+        test_key = "test/" + key.split("/", 1)[-1]
+        if key.startswith("val/") and test_key in tests:
+            _test_notes(ax, runs, test_key, key)
+            tests.remove(test_key)
+        _integer_axis(ax)
+        ax.set_title(key, fontsize=9)
         ax.set_xlabel("epoch")
+        ax.set_ylabel(_metric_label(key))
+    if tests:  # test metrics without a validation panel
+        notes = [f"{k}: " + ", ".join(_test_value(stats, k) for _, stats in runs) for k in tests]
+        fig.suptitle("training curves\n" + "; ".join(notes), fontsize=10)
     return _legend(fig, axes, runs)
+
+
+def _test_value(stats: Any, key: str) -> str:
+    value = (stats.get("test") or {}).get(key)
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def _test_notes(ax: Axes, runs: Sequence[Run], key: str, curve: str) -> None:
+    """One line per run in the right-hand corner the curves leave free: ``test/acc: 0.982 (label)``."""
+    low, high = ax.get_ylim()
+    ends = [r[curve] for _, stats in runs for r in stats["epochs"][-1:] if r.get(curve) is not None]
+    top = bool(ends) and statistics.fmean(ends) < (low + high) / 2  # curves end low: notes at the top
+    for i, (label, stats) in enumerate(runs):
+        text = f"{key}: {_test_value(stats, key)}" + (f" ({label})" if label else "")
+        y = 0.96 - 0.08 * i if top else 0.04 + 0.08 * (len(runs) - 1 - i)
+        ax.text(
+            0.98,
+            y,
+            text,
+            transform=ax.transAxes,
+            color=_color(i),
+            fontsize=7,
+            ha="right",
+            va="top" if top else "bottom",
+        )
+
+
+def history_figure(
+    trials: Sequence[tuple[int, str, float]], title: str, metric: str, maximize: bool
+) -> Figure:
+    """Optimisation history of a tuning study: each finished trial's value (``state`` complete: filled;
+    pruned: hollow, its last reported value) and the best complete value so far, on integer trial ticks."""
+    fig = Figure(figsize=(6, 3.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    complete = sorted((n, v) for n, state, v in trials if state == "complete")
+    pruned = [(n, v) for n, state, v in trials if state == "pruned"]
+    ax.scatter([n for n, _ in complete], [v for _, v in complete], s=18, label="complete")
+    ax.scatter(
+        [n for n, _ in pruned],
+        [v for _, v in pruned],
+        s=18,
+        facecolors="none",
+        edgecolors="gray",
+        label="pruned",
+    )
+    best, xs, ys = None, [], []
+    for n, v in complete:
+        if best is None or (v > best if maximize else v < best):
+            best = v
+        xs.append(n)
+        ys.append(best)
+    if xs:
+        last = max(n for n, _, _ in trials)
+        ax.step([*xs, last], [*ys, ys[-1]], where="post", color="C3", label="best so far")
+    _integer_axis(ax, nbins=10)
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"best {metric} of the run")
+    ax.set_title(f"{title}: optimisation history")
+    ax.legend(loc="best", fontsize="small")
+    return fig
+
+
+def plot_tuning_history(
+    trials: Sequence[tuple[int, str, float]], path: Path, title: str, metric: str, maximize: bool
+) -> Path:
+    """:func:`history_figure` written as a PNG (``gaaf-tune``'s ``history.png``)."""
+    fig = history_figure(trials, title, metric, maximize)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path

@@ -10,7 +10,6 @@ names, arguments, keys and files are tabulated in ``docs/monitors.md``.
 
 from __future__ import annotations
 
-from lightning_gaaf._deprecation import renamed_attributes
 from lightning_gaaf.callbacks.correlation import NodeCorrelationMonitor
 from lightning_gaaf.callbacks.gradient import GradInfoMonitor
 from lightning_gaaf.callbacks.guard import GradScaleMonitor
@@ -31,24 +30,3 @@ __all__ = [
     "WeightHistMonitor",
     "saturation_intervals",
 ]
-
-#: Former names, kept for one release (same classes; importing them warns).
-DEPRECATED_NAMES: dict[str, type] = {
-    "GradientInformation": GradInfoMonitor,
-    "NetVariance": NetVarMonitor,
-    "NodeCorrelation": NodeCorrelationMonitor,
-    "WeightHistograms": WeightHistMonitor,
-    "MetricsHistory": MetricsMonitor,
-}
-
-
-__getattr__ = renamed_attributes(
-    __name__,
-    {
-        old: (
-            lambda new=new: new,
-            f"lightning_gaaf.callbacks.{old} is deprecated, use lightning_gaaf.callbacks.{new.__name__}",
-        )
-        for old, new in DEPRECATED_NAMES.items()
-    },
-)

@@ -11,7 +11,6 @@ import pytorch_lightning as pl
 import torch
 from typing_extensions import override
 
-from lightning_gaaf._deprecation import renamed_attributes
 from lightning_gaaf.callbacks._base import Monitor
 from lightning_gaaf.callbacks._loggers import flush_logs, report_dir, stats_dir
 from lightning_gaaf.stats import plots, write_stats
@@ -137,14 +136,3 @@ class MetricsMonitor(Monitor):
         # "best")`` restores callback state too, and must not cut the history back to the best epoch.
         if not self.epochs:
             self.epochs = list(state_dict.get("epochs", []))
-
-
-__getattr__ = renamed_attributes(
-    __name__,
-    {
-        "MetricsHistory": (
-            lambda: MetricsMonitor,
-            "MetricsHistory is deprecated, use lightning_gaaf.callbacks.MetricsMonitor",
-        )
-    },
-)

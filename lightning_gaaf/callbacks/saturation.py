@@ -16,7 +16,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_gaaf.callbacks._accumulator import NetAccumulator
-from lightning_gaaf.callbacks._args import check_bins, check_include, check_split, renamed_arguments
+from lightning_gaaf.callbacks._args import check_bins, check_include, check_split
 from lightning_gaaf.callbacks._base import StepHistory
 from lightning_gaaf.callbacks._hooks import HookSet
 from lightning_gaaf.callbacks._layers import activation_modules, plain_activation, require_layers
@@ -91,12 +91,8 @@ class SaturationMonitor(StepHistory):
         value_range: tuple[float, float] = (-5.0, 5.0),
         thresholds: dict[str, float | tuple[float | None, float | None]] | None = None,
         split: Literal["test", "val"] = "test",
-        **deprecated: Any,
     ) -> None:
         owner = type(self).__name__
-        old = renamed_arguments(owner, deprecated, {"range": "value_range", "on_fit_end_split": "split"})
-        value_range = old.get("value_range", value_range)
-        split = old.get("split", split)
         super().__init__(log_every_n_steps)
         self.include = check_include(owner, include)
         self.bins = check_bins(owner, bins)

@@ -13,7 +13,7 @@ from pytorch_lightning.utilities.seed import isolate_rng
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_gaaf.callbacks._args import check_include, check_interval, renamed_arguments
+from lightning_gaaf.callbacks._args import check_include, check_interval
 from lightning_gaaf.callbacks._base import StepHistory, finite_means
 from lightning_gaaf.callbacks._hooks import HookSet, extra_forwards
 from lightning_gaaf.callbacks._layers import activation_modules, require_layers
@@ -137,11 +137,9 @@ class NetVarMonitor(StepHistory):
         repeats: int = 20,
         max_samples: int | None = 16,
         include: list[str] | None = None,
-        **deprecated: Any,
     ) -> None:
         owner = type(self).__name__
-        old = renamed_arguments(owner, deprecated, {"every_n_steps": "log_every_n_steps"})
-        super().__init__(old.get("log_every_n_steps", log_every_n_steps))
+        super().__init__(log_every_n_steps)
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
             raise ValueError(
                 f"{owner}: repeats must be an integer >= 2 (a variance needs two samples), got {repeats!r}"

@@ -138,8 +138,9 @@ def write_stats(stats_dir: Path, statistic: str, payload: Mapping[str, Any], par
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        reason = err.strerror or str(err)
-        raise StatsWriteError(err.errno, f"cannot write {path}: {reason}") from None
+        error = StatsWriteError(f"cannot write {path}: {err.strerror or err}")
+        error.errno = err.errno
+        raise error from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

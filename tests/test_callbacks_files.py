@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytorch_lightning as pl
+import torch
 from _monitor_helpers import TinyData, TinyModule, mlp, monitors, trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from lightning_gaaf.callbacks import GradInfoMonitor, GradScaleMonitor, MetricsMonitor
+from lightning_gaaf.callbacks.history import FirstNonFinite
 from lightning_gaaf.stats import StatsFileError, StatsWriteError, read_stats, write_stats
 
 
@@ -160,6 +162,16 @@ def test_a_diverged_loss_is_recorded_with_its_first_step(tmp_path):
     assert math.isnan(saved["epochs"][0]["train/loss"])
     history = read_stats(tmp_path / "stats" / "grad_info.json")["layers"]["backbone.0"]
     assert all(math.isfinite(v) for v in history[:3]) and all(math.isnan(v) for v in history[4:])
+
+
+def test_the_device_side_check_keeps_the_first_non_finite_step():
+    watch = FirstNonFinite()
+    for step, value in [(0, 1.0), (1, 2.0), (2, -math.inf), (3, math.nan), (4, 1.0)]:
+        watch.update_on_device(step, torch.tensor(value))
+    assert watch.result() == (2, -math.inf)
+    finite = FirstNonFinite()
+    finite.update_on_device(0, torch.tensor(0.5))
+    assert finite.result() is None
 
 
 def test_a_finite_run_has_no_divergence(tmp_path):

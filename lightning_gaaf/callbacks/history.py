@@ -33,28 +33,40 @@ def _label(value: float) -> str:
 
 
 class FirstNonFinite:
-    """The first step whose loss is not finite, tracked on the loss's device: no host
-    synchronisation per step (only :meth:`result` reads it back)."""
+    """The first step whose loss is not finite. On an accelerator it is tracked on the device (no
+    host synchronisation per step; only :meth:`result` reads it back); on the CPU reading the value
+    is the cheapest check (about 2 us, against 10-40 us per extra tensor op)."""
 
     def __init__(self) -> None:
+        self._found: tuple[int, float] | None = None
         self._step: Tensor | None = None
         self._value: Tensor | None = None
 
     def update(self, step: int, loss: Tensor) -> None:
-        value = loss.detach().float().sum()
+        value = loss.detach()
+        if value.numel() != 1:
+            value = value.float().sum()
+        if value.device.type == "cpu":
+            if self._found is None and not math.isfinite(number := value.item()):
+                self._found = (step, number)
+        else:
+            self.update_on_device(step, value)
+
+    def update_on_device(self, step: int, value: Tensor) -> None:
+        """The accelerator path: a few tensor ops, no synchronisation (any device, CPU included)."""
+        value = value.float().reshape(())
         if self._step is None:
             self._step = torch.full((), -1, dtype=torch.long, device=value.device)
             self._value = torch.zeros((), device=value.device)
-        hit = (self._step < 0) & ~torch.isfinite(value)
+        hit = torch.isfinite(value).logical_not_().logical_and_(self._step < 0)
         self._step = torch.where(hit, step, self._step)
         self._value = torch.where(hit, value, self._value)
 
     def result(self) -> tuple[int, float] | None:
         """``(step, value)`` of the first non-finite loss, or None."""
-        if self._step is None:
-            return None
-        step = int(self._step.item())
-        return None if step < 0 else (step, float(self._value.item()))
+        if self._found is None and self._step is not None and (step := int(self._step.item())) >= 0:
+            self._found = (step, float(self._value.item()))
+        return self._found
 
 
 class MetricsMonitor(Monitor):

@@ -127,3 +127,20 @@ def test_one_monitor_alone_logs_one_record_per_step(tmp_path, make):
     values = monitor.history["backbone.4"]
     values = values["saturation"] if isinstance(values, dict) else values
     assert [float(r[key]) for r in rows] == pytest.approx(values, rel=1e-6)
+
+
+def test_no_module_level_mutable_state_in_the_callbacks_package():
+    import importlib
+    import pkgutil
+    import weakref
+
+    import lightning_gaaf.callbacks as package
+
+    mutable = (dict, list, set, bytearray, weakref.WeakKeyDictionary, weakref.WeakValueDictionary)
+    found = []
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for name, value in vars(module).items():
+            if not name.startswith("__") and isinstance(value, mutable):
+                found.append(f"{info.name}.{name}")
+    assert found == []

@@ -9,7 +9,7 @@ on in-memory MNIST, timed alternately through
   logger, no checkpointing, no progress bar, no validation (the stack of ``gaaf-fit``);
 * ``lightning barebones``: ``pl.Trainer(barebones=True)``, the floor of Lightning's own loop;
 * ``lightning+monitors``: the same as ``lightning`` with the monitors every config enables
-  (``GradientInformation``, ``SaturationMonitor`` at their default interval) and a CSV logger for
+  (``GradInfoMonitor``, ``SaturationMonitor`` at their default interval) and a CSV logger for
   them to write to.
 
 Each Trainer is new for each epoch, the DataModule is set up once. Two ratios are printed: the
@@ -101,9 +101,9 @@ def lightning_epoch(backbone: torch.nn.Module, dm: MNISTDataModule, monitors: bo
     callbacks: list[pl.Callback] = [timer]
     logger: CSVLogger | bool = False
     if monitors:
-        from lightning_gaaf.callbacks import GradientInformation, SaturationMonitor
+        from lightning_gaaf.callbacks import GradInfoMonitor, SaturationMonitor
 
-        callbacks += [GradientInformation(), SaturationMonitor()]
+        callbacks += [GradInfoMonitor(), SaturationMonitor()]
         logger = CSVLogger(log_dir, name="parity")
     trainer = pl.Trainer(
         accelerator="cpu",

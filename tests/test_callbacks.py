@@ -162,19 +162,22 @@ def test_grad_info_equals_mean_abs_gradient_of_each_layer(tmp_path):
     for name, values in want.items():
         assert monitor.history[name] == pytest.approx(values, rel=1e-5)
 
-    saved = json.loads((tmp_path / "stats" / "grad_info.json").read_text())
+    # With a CSV logger the run's files sit beside its metrics.csv (the trainer's log_dir).
+    run = tmp_path / "csv" / "version_0"
+    saved = json.loads((run / "stats" / "grad_info.json").read_text())
     assert saved["steps"] == [0, 1, 2]
     for name, values in want.items():
         assert saved["layers"][name] == pytest.approx(values, rel=1e-5)
         assert saved["summary"][name] == pytest.approx(np.mean(values), rel=1e-5)
 
-    with open(tmp_path / "csv" / "version_0" / "metrics.csv") as f:
+    with open(run / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("gaaf/grad_info/backbone.2")]
     assert [int(r["step"]) for r in rows] == [0, 1, 2]
     assert [float(r["gaaf/grad_info/backbone.2"]) for r in rows] == pytest.approx(
         want["backbone.2"], rel=1e-5
     )
-    assert (tmp_path / "report" / "grad_info.png").is_file()
+    assert (run / "report" / "grad_info.png").is_file()
+    assert not (tmp_path / "stats").exists()
 
 
 @pytest.mark.parametrize(("every", "trainer_every", "steps"), [(2, 1, [1, 3]), (None, 3, [2])])

@@ -50,6 +50,9 @@ def test_fires_once_on_a_deep_gaaf_network_naming_layers_and_remedies(tmp_path, 
     assert "more than 100x that of the last layer backbone.30" in message
     for remedy in ("smaller shape", "larger K", "include/exclude", "policy"):
         assert remedy in message
+    assert (
+        "learning rate" not in message
+    )  # at the first step no update has been made: the architecture did it
     assert monitor.steps == list(range(6))
     first = monitor.history["backbone.0"][0]
     assert first > 100 and monitor.history["backbone.30"][0] == 1.0
@@ -99,7 +102,9 @@ def test_growth_over_steps_and_non_finite_gradients_are_named(tmp_path):
     assert len(messages) == 1
     assert messages[0].startswith("GradScaleMonitor at step 3: gradients grew more than 100x since step 0")
     assert "backbone.0 (729x)" in messages[0] and "backbone.2 (729x)" in messages[0]
-    assert "normalisation" in messages[0] and "larger K" not in messages[0]  # no GAAF: plain remedies
+    assert "normalisation" in messages[0] and "GAAF" not in messages[0]  # no GAAF: plain remedies
+    assert "a learning rate too large for this model is a likely cause" in messages[0]
+    assert "(lr 0)" in messages[0]
 
     net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
     monitor, messages = fit(tmp_path / "nan", net, steps=3, lr=0.0, module=Diverging)
@@ -107,3 +112,15 @@ def test_growth_over_steps_and_non_finite_gradients_are_named(tmp_path):
     assert messages[0].startswith(
         "GradScaleMonitor at step 2: non-finite gradients in backbone.0, backbone.2"
     )
+    assert "learning rate too large" in messages[0] and "GAAF" not in messages[0]
+
+
+def test_growth_in_a_gaaf_network_names_the_learning_rate_first(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    apply_gaaf(net)
+    monitor, messages = fit(tmp_path, net, steps=5, lr=0.0, module=Growing, n_train=16)
+    (message,) = messages
+    assert message.startswith("GradScaleMonitor at step 3: gradients grew more than 100x since step 0")
+    lr_at = message.index("a learning rate too large for this model is a likely cause")
+    assert "(lr 0)" in message and lr_at < message.index("GAAF multiplies the backward signal")

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gaaf.callbacks import MetricsMonitor
-from lightning_gaaf.stats import read_stats
+from lightning_gaaf.stats import SCHEMA_VERSION, read_stats
 
 
 class Scored(pl.LightningModule):
@@ -69,7 +69,7 @@ def test_every_epoch_has_its_own_values_and_survives_testing_the_best_checkpoint
     assert [e["val/score"] for e in saved["epochs"]] == [0.0, -1.0, -2.0]
     assert [e["step"] for e in saved["epochs"]] == [2, 4, 6]
     assert saved["test"] == {"test/acc": 0.5}
-    assert saved["schema_version"] == 1 and saved["partial"] is False
+    assert saved["schema_version"] == SCHEMA_VERSION and saved["partial"] is False
     assert (tmp_path / "report" / "metrics.png").is_file()
 
 

@@ -90,7 +90,7 @@ def test_single_stats_file_is_enough(two_runs, tmp_path, capsys):
     only = tmp_path / "only_grad" / "stats"
     only.mkdir(parents=True)
     shutil.copy(two_runs[0] / "stats" / "grad_info.json", only)
-    # A run shorter than NetVariance's interval saved no probe: nothing to draw for it.
+    # A run shorter than NetVarMonitor's interval saved no probe: nothing to draw for it.
     (only / "net_var.json").write_text('{"steps": [], "layers": {"backbone.1": []}}')
     assert main([str(only.parent), "--out", str(tmp_path / "out")]) == 0
     assert [p.rsplit("/", 1)[-1] for p in capsys.readouterr().out.split()] == ["grad_info.png"]

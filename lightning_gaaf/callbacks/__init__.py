@@ -3,14 +3,15 @@
 Each is a Lightning callback that works on any LightningModule with plain or GAAF activations, on
 one or many devices: statistics are computed on the device, summed across ranks with one
 ``all_reduce`` and logged to every logger (scalars also to ``trainer.callback_metrics``);
-held-out statistics come from Lightning's own test/validation loops. Files go to
-``<run_dir>/stats/`` (schema: :mod:`lightning_gaaf.stats`) and ``<run_dir>/report/*.png``. The
-names, arguments, keys and files are tabulated in ``docs/monitors.md``.
+held-out statistics come from Lightning's own test/validation loops. The monitors of one trainer
+share one step log (one logger record per step) and no module-level state. Files go to
+``<run_dir>/stats/`` (schema: :mod:`lightning_gaaf.stats`) and ``<run_dir>/report/*.png``, with
+``run_dir`` the monitor's ``dirpath``, else ``trainer.log_dir``, else ``trainer.default_root_dir``.
+The names, arguments, keys and files are tabulated in ``docs/monitors.md``.
 """
 
 from __future__ import annotations
 
-from lightning_gaaf._deprecation import renamed_attributes
 from lightning_gaaf.callbacks.correlation import NodeCorrelationMonitor
 from lightning_gaaf.callbacks.gradient import GradInfoMonitor
 from lightning_gaaf.callbacks.guard import GradScaleMonitor
@@ -31,24 +32,3 @@ __all__ = [
     "WeightHistMonitor",
     "saturation_intervals",
 ]
-
-#: Former names, kept for one release (same classes; importing them warns).
-DEPRECATED_NAMES: dict[str, type] = {
-    "GradientInformation": GradInfoMonitor,
-    "NetVariance": NetVarMonitor,
-    "NodeCorrelation": NodeCorrelationMonitor,
-    "WeightHistograms": WeightHistMonitor,
-    "MetricsHistory": MetricsMonitor,
-}
-
-
-__getattr__ = renamed_attributes(
-    __name__,
-    {
-        old: (
-            lambda new=new: new,
-            f"lightning_gaaf.callbacks.{old} is deprecated, use lightning_gaaf.callbacks.{new.__name__}",
-        )
-        for old, new in DEPRECATED_NAMES.items()
-    },
-)

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from lightning_gaaf.callbacks._hooks import HookSet, in_extra_forward
+from lightning_gaaf.callbacks._hooks import HookSet, in_probe_forward
 from lightning_gaaf.callbacks._loggers import all_reduce_sum
 from lightning_gaaf.callbacks.thresholds import Interval
 
@@ -66,19 +66,20 @@ class NetAccumulator:
         row[3:6] += counts.double()
         row[_N:] += torch.histc(z, bins=self.bins, min=self.lo, max=self.hi).double()
 
-    def pre_hook(self, i: int, skip_extra: bool):
+    def pre_hook(self, i: int, model: nn.Module | None):
         """A forward pre-hook recording the module's input: the net, before any in-place activation."""
 
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            if args and isinstance(args[0], Tensor) and not (skip_extra and in_extra_forward()):
+            if args and isinstance(args[0], Tensor) and not (model is not None and in_probe_forward(model)):
                 self.update(i, args[0])
 
         return hook
 
-    def attach(self, layers: Mapping[str, nn.Module], hooks: HookSet, skip_extra: bool = True) -> None:
-        """Pre-hooks on ``layers``; with ``skip_extra`` they ignore other monitors' probe forwards."""
+    def attach(self, layers: Mapping[str, nn.Module], hooks: HookSet, model: nn.Module | None = None) -> None:
+        """Pre-hooks on ``layers``; given the ``model`` they belong to, they ignore forwards another
+        monitor runs through it (net-variance probes)."""
         for i, name in enumerate(self.names):
-            hooks.add(layers[name].register_forward_pre_hook(self.pre_hook(i, skip_extra)))
+            hooks.add(layers[name].register_forward_pre_hook(self.pre_hook(i, model)))
 
     def reduce(self, trainer: pl.Trainer) -> np.ndarray:
         """Sum over ranks (one collective), copy to the host (one transfer), reset the sums."""

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 #: Data splits whose statistics a monitor can collect in Lightning's evaluation loops.
 SPLITS = ("test", "val")
@@ -43,20 +41,6 @@ def check_include(owner: str, include: Sequence[str] | None) -> list[str] | None
             f"{owner}: include must be a list of name globs such as ['backbone.*'], got {include!r}"
         )
     return list(include)
-
-
-def renamed_arguments(owner: str, given: Mapping[str, Any], renames: Mapping[str, str]) -> dict[str, Any]:
-    """Map deprecated argument names to their new names with a DeprecationWarning; reject unknown ones."""
-    out = {}
-    for old, value in given.items():
-        if old not in renames:
-            raise TypeError(f"{owner}: unexpected argument {old!r}")
-        new = renames[old]
-        warnings.warn(
-            f"{owner}: argument {old!r} is deprecated, use {new!r}", DeprecationWarning, stacklevel=3
-        )
-        out[new] = value
-    return out
 
 
 def resolve_interval(every: int | None, trainer_every: int) -> int:

@@ -1,4 +1,4 @@
-"""What every monitor shares: its ``state_key``, checkpointed history, and writing ``stats/`` + ``report/``."""
+"""What every monitor shares: its ``state_key``, checkpointed history, the step log and writing ``stats/`` + ``report/``."""
 
 from __future__ import annotations
 
@@ -13,8 +13,18 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_gaaf.callbacks._args import check_interval, is_log_step, resolve_interval
-from lightning_gaaf.callbacks._loggers import flush_logs, log_images, log_summary, report_dir, stats_dir
+from lightning_gaaf.callbacks._loggers import Histogram, log_images, log_summary
+from lightning_gaaf.callbacks._steplog import StepLog
 from lightning_gaaf.stats import write_stats
+
+
+def run_directory(trainer: pl.Trainer) -> Path:
+    """Where a trainer's monitors write ``stats/`` and ``report/``: ``trainer.log_dir`` (the logger's
+    experiment directory, as for Lightning's own files), else ``trainer.default_root_dir``.
+
+    ``trainer.log_dir`` is a collective under DDP (rank 0's path is broadcast): call it on every rank.
+    """
+    return Path(trainer.log_dir or trainer.default_root_dir)
 
 
 class Monitor(Callback):
@@ -24,14 +34,27 @@ class Monitor(Callback):
       two monitors of one class with different arguments keep separate states in a checkpoint. It
       is built once: Lightning reads it at every hook call (as its profiler's action name), and
       the arguments do not change after construction.
-    * :meth:`save` writes ``stats/<statistic>.json`` (rank 0), draws the monitor's figures into
-      ``report/`` and logs them; on any exception ending a fit, validate or test run
-      (``on_exception``) the file is written with ``"partial": true`` so nothing recorded is lost.
+    * Files go to ``<dirpath>/stats/<statistic>.json`` and ``<dirpath>/report/``; ``dirpath`` None
+      (default) means :func:`run_directory` of the trainer, resolved at ``setup``.
+    * :meth:`save` writes the stats file (rank 0), draws the monitor's figures into ``report/`` and
+      logs them; on any exception ending a fit, validate or test run (``on_exception``) the file is
+      written with ``"partial": true`` so nothing recorded is lost. A monitor that recorded nothing
+      in this process writes nothing: a run that fails before its first step (an unreadable
+      checkpoint, a model that does not fit it) leaves the files of earlier fits as they were.
+    * The monitors of one trainer log through one :class:`StepLog`, so every logger gets one
+      record per step for all of them.
     """
 
     statistic: ClassVar[str]
     #: Whether :meth:`summary` only repeats scalars already logged (then only W&B's summary gets it).
     summary_is_logged: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        #: Directory holding ``stats/`` and ``report/``; None: :func:`run_directory` of the trainer.
+        self.dirpath: str | Path | None = None
+        self._run_dir: Path | None = None
+        self._step_log: StepLog | None = None
+        self._recorded = False
 
     def _state_key_args(self) -> dict[str, Any]:
         return {}
@@ -43,6 +66,56 @@ class Monitor(Callback):
         if key is None:
             key = self._state_key = self._generate_state_key(**self._state_key_args())
         return key
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._run_dir = Path(self.dirpath) if self.dirpath is not None else run_directory(trainer)
+
+    @property
+    def stats_dir(self) -> Path | None:
+        """``<run dir>/stats`` (None before ``setup``)."""
+        return None if self._run_dir is None else self._run_dir / "stats"
+
+    @property
+    def report_dir(self) -> Path | None:
+        """``<run dir>/report`` (None before ``setup``)."""
+        return None if self._run_dir is None else self._run_dir / "report"
+
+    def mark_recorded(self) -> None:
+        """Something new was recorded: :meth:`save` writes the files from now on."""
+        self._recorded = True
+
+    # -- logging -----------------------------------------------------------------------------------
+
+    def step_log(self, trainer: pl.Trainer) -> StepLog:
+        """The step log shared by the monitors of ``trainer``: held by the first monitor in
+        ``trainer.callbacks`` (this one when it is alone), made anew for another trainer."""
+        holder = next((c for c in trainer.callbacks if isinstance(c, Monitor)), self)
+        log = holder._step_log
+        if log is None or not log.belongs_to(trainer):
+            log = holder._step_log = StepLog(trainer)
+        return log
+
+    def log_step(
+        self,
+        trainer: pl.Trainer,
+        scalars: Mapping[str, float | None],
+        step: int,
+        histograms: Mapping[str, Histogram] | None = None,
+        sums: Mapping[str, tuple[float, float]] | None = None,
+    ) -> None:
+        """One step's numbers: finite scalars to ``trainer.callback_metrics`` (all ranks) and, with
+        ``histograms`` ({key: (counts, edges)} on given edges; empty ones skipped), to every logger
+        as part of the step's one record (rank 0; histograms to W&B and TensorBoard only).
+        ``sums`` optionally gives ``(sum, sum of squares)`` per histogram key (TensorBoard shows
+        them; otherwise they are estimated from the bin centres)."""
+        self.step_log(trainer).add(trainer, step, scalars, histograms, sums)
+
+    def flush_logs(self, trainer: pl.Trainer) -> None:
+        """Hand the step log's collected record to the loggers."""
+        self.step_log(trainer).flush(trainer)
+
+    # -- results -----------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
         """Everything recorded so far, in the layout of ``stats/<statistic>.json``."""
@@ -56,14 +129,23 @@ class Monitor(Callback):
         """Draw the figures of ``stats`` into ``out``; return ``{logger key: png path}``."""
         return {}
 
-    def save(self, trainer: pl.Trainer, partial: bool = False) -> None:
-        """Rank 0: the stats file, the figures and (unless ``partial``) the summary and images for the loggers."""
-        flush_logs(trainer)
-        if not trainer.is_global_zero:
-            return
+    def write(self, trainer: pl.Trainer, partial: bool = False) -> dict[str, Any] | None:
+        """Rank 0: write ``stats/<statistic>.json`` if anything was recorded; return what was written."""
+        if not trainer.is_global_zero or not self._recorded or self.stats_dir is None:
+            return None
         stats = self.stats()
-        write_stats(stats_dir(trainer), self.statistic, stats, partial=partial)
-        images = self.draw(stats, report_dir(trainer))
+        write_stats(self.stats_dir, self.statistic, stats, partial=partial)
+        return stats
+
+    def save(self, trainer: pl.Trainer, partial: bool = False) -> None:
+        """Rank 0: the stats file, the figures and (unless ``partial``) the summary and images for the
+        loggers; nothing when nothing was recorded."""
+        self.flush_logs(trainer)
+        stats = self.write(trainer, partial)
+        if stats is None:
+            return
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+        images = self.draw(stats, self.report_dir)
         if not partial:
             log_summary(trainer, self.summary(), others=not self.summary_is_logged)
             log_images(trainer, images, trainer.global_step)
@@ -92,6 +174,7 @@ class StepHistory(Monitor):
     """
 
     def __init__(self, log_every_n_steps: int | None = None) -> None:
+        super().__init__()
         self.log_every_n_steps = check_interval(type(self).__name__, "log_every_n_steps", log_every_n_steps)
         self.steps: list[int] = []
         self.history: dict[str, Any] = {}
@@ -131,6 +214,7 @@ class StepHistory(Monitor):
 
     def append(self, step: int, values: Mapping[str, float]) -> None:
         """Record one value per layer at ``step``."""
+        self.mark_recorded()
         self.steps.append(step)
         for name, value in values.items():
             self.history[name].append(value)

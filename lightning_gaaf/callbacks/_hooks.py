@@ -1,4 +1,4 @@
-"""Module hooks registered and removed together, and the marker for forwards a monitor adds itself."""
+"""Module hooks registered and removed together, and the mark on a model during forwards a monitor adds."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from torch import nn
 
-_EXTRA_FORWARDS = [0]
+#: Attribute set on a model while a monitor runs forwards of its own through it (net-variance probes).
+PROBE_ATTRIBUTE = "gaaf_probe_forwards"
 
 
 class HookSet:
@@ -29,14 +31,21 @@ class HookSet:
 
 
 @contextmanager
-def extra_forwards() -> Iterator[None]:
-    """Mark forwards a monitor adds itself (net-variance probes): training-step statistics skip them."""
-    _EXTRA_FORWARDS[0] += 1
+def probe_forwards(model: nn.Module) -> Iterator[None]:
+    """Mark ``model`` while a monitor runs forwards of its own through it: training-step statistics
+    of the same model skip them. The mark lives on the model, so other models (other trainers, other
+    threads) are not affected, and it is removed afterwards."""
+    depth = vars(model).get(PROBE_ATTRIBUTE, 0)
+    setattr(model, PROBE_ATTRIBUTE, depth + 1)
     try:
         yield
     finally:
-        _EXTRA_FORWARDS[0] -= 1
+        if depth:
+            setattr(model, PROBE_ATTRIBUTE, depth)
+        else:
+            delattr(model, PROBE_ATTRIBUTE)
 
 
-def in_extra_forward() -> bool:
-    return _EXTRA_FORWARDS[0] > 0
+def in_probe_forward(model: nn.Module) -> bool:
+    """Whether ``model`` is running a monitor's own forward (see :func:`probe_forwards`)."""
+    return vars(model).get(PROBE_ATTRIBUTE, 0) > 0

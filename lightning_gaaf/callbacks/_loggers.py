@@ -10,15 +10,12 @@ media and skip them.
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor
 
@@ -37,67 +34,23 @@ def finite(scalars: Mapping[str, float | None]) -> dict[str, float]:
     return {k: float(v) for k, v in scalars.items() if v is not None and math.isfinite(v)}
 
 
-@dataclass
-class _Record:
-    """The monitors' numbers of one step, not yet handed to the loggers."""
-
-    step: int
-    scalars: dict[str, float] = field(default_factory=dict)
-    histograms: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-
-
-_PENDING: weakref.WeakKeyDictionary[pl.Trainer, _Record] = weakref.WeakKeyDictionary()
-
-
-def log_scalars(
+def send_scalars(
     trainer: pl.Trainer,
-    scalars: Mapping[str, float | None],
+    scalars: Mapping[str, float],
+    histograms: Mapping[str, tuple[np.ndarray, np.ndarray]],
     step: int,
-    histograms: Mapping[str, Histogram] | None = None,
-    sums: Mapping[str, tuple[float, float]] | None = None,
 ) -> None:
-    """One step's numbers: finite scalars to ``trainer.callback_metrics`` now (all ranks) and to every
-    logger at ``step`` (rank 0); ``histograms`` (see :func:`log_histograms`) to W&B, in the same
-    record as the scalars, and to TensorBoard.
-
-    All monitors' numbers of one step go to the loggers as one record (one ``log_metrics`` call per
-    logger, one W&B history row): they are collected until a monitor logs another step or
-    :func:`flush_logs` runs (every monitor calls it when it saves its statistics and on exceptions).
-    A logger call costs about a millisecond (W&B), several per logging step added up.
-
-    ``callback_metrics`` is the dict ``EarlyStopping`` and ``ModelCheckpoint`` read; the values are
-    written into it directly rather than through ``LightningModule.log``: every key logged that way
-    is carried by Lightning's result collection and re-read at every later batch of the epoch,
-    which would make the monitors cost time on steps where they record nothing.
-    """
-    clean = finite(scalars)
-    trainer.callback_metrics.update({key: torch.tensor(value) for key, value in clean.items()})
+    """One record to every logger (rank 0): one ``log_metrics`` call, or one W&B history row that
+    also carries the histograms."""
     if not trainer.is_global_zero:
-        return
-    hists = _nonempty(histograms or {})
-    _tensorboard_histograms(trainer, hists, step, sums)
-    record = _PENDING.get(trainer)
-    if record is not None and record.step != step:
-        flush_logs(trainer)
-        record = None
-    if record is None:
-        record = _PENDING[trainer] = _Record(step)
-    record.scalars.update(clean)
-    record.histograms.update(hists)
-
-
-def flush_logs(trainer: pl.Trainer) -> None:
-    """Hand the collected record (if any) to every logger."""
-    record = _PENDING.pop(trainer, None)
-    if record is None or not trainer.is_global_zero:
         return
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
-            media = _wandb_histograms(record.histograms)
-            if record.scalars or media:
-                logger.experiment.log({**record.scalars, **media, "trainer/global_step": record.step})
-        elif record.scalars:
-            logger.log_metrics(record.scalars, step=record.step)
+            media = _wandb_histograms(histograms)
+            if scalars or media:
+                logger.experiment.log({**scalars, **media, "trainer/global_step": step})
+        elif scalars:
+            logger.log_metrics(dict(scalars), step=step)
 
 
 def _wandb(trainer: pl.Trainer) -> list[WandbLogger]:
@@ -115,7 +68,7 @@ def wants_media(trainer: pl.Trainer) -> bool:
     return bool(_wandb(trainer) or _tensorboard(trainer))
 
 
-def _nonempty(histograms: Mapping[str, Histogram]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def nonempty_histograms(histograms: Mapping[str, Histogram]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     hists = {k: (np.asarray(c, dtype=float), np.asarray(e, dtype=float)) for k, (c, e) in histograms.items()}
     return {k: (c, e) for k, (c, e) in hists.items() if c.sum() > 0}
 
@@ -128,7 +81,7 @@ def _wandb_histograms(hists: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dic
     return {k: wandb.Histogram(np_histogram=(c, e)) for k, (c, e) in hists.items()}
 
 
-def _tensorboard_histograms(
+def tensorboard_histograms(
     trainer: pl.Trainer,
     hists: Mapping[str, tuple[np.ndarray, np.ndarray]],
     step: int,
@@ -153,19 +106,6 @@ def _tensorboard_histograms(
                 bucket_counts=counts.tolist(),
                 global_step=step,
             )
-
-
-def log_histograms(
-    trainer: pl.Trainer,
-    histograms: Mapping[str, Histogram],
-    step: int,
-    sums: Mapping[str, tuple[float, float]] | None = None,
-) -> None:
-    """Histograms on given edges to W&B (``wandb.Histogram``) and TensorBoard (``add_histogram_raw``),
-    rank 0. ``sums`` optionally gives ``(sum, sum of squares)`` of the values per key (TensorBoard
-    shows them); otherwise they are estimated from the bin centres. Empty histograms are skipped."""
-    if trainer.is_global_zero:
-        log_scalars(trainer, {}, step, histograms, sums)
 
 
 def log_images(trainer: pl.Trainer, images: Mapping[str, Path], step: int) -> None:
@@ -218,15 +158,3 @@ def log_summary(trainer: pl.Trainer, metrics: Mapping[str, float | None], others
                 logger.experiment.summary[key] = value
         elif others:
             logger.log_metrics(clean, step=trainer.global_step)
-
-
-def stats_dir(trainer: pl.Trainer) -> Path:
-    """``<run_dir>/stats`` with the run directory ``trainer.default_root_dir`` (gaaf-fit sets it)."""
-    return Path(trainer.default_root_dir) / "stats"
-
-
-def report_dir(trainer: pl.Trainer) -> Path:
-    """``<run_dir>/report`` (created)."""
-    path = Path(trainer.default_root_dir) / "report"
-    path.mkdir(parents=True, exist_ok=True)
-    return path

@@ -17,7 +17,7 @@ from lightning_gaaf.callbacks._args import check_include, check_split
 from lightning_gaaf.callbacks._base import Monitor
 from lightning_gaaf.callbacks._hooks import HookSet
 from lightning_gaaf.callbacks._layers import activation_modules, require_layers
-from lightning_gaaf.callbacks._loggers import all_reduce_sum, log_scalars, log_table
+from lightning_gaaf.callbacks._loggers import all_reduce_sum, log_table
 from lightning_gaaf.stats import plots
 from lightning_gaaf.stats.schema import CORRELATION_COLUMNS
 
@@ -116,6 +116,7 @@ class NodeCorrelationMonitor(Monitor):
         split: Literal["test", "val"] = "test",
         include: list[str] | None = None,
     ) -> None:
+        super().__init__()
         owner = type(self).__name__
         try:
             self.thresholds = [float(t) for t in thresholds]
@@ -155,13 +156,14 @@ class NodeCorrelationMonitor(Monitor):
         if collectors is None:
             return
         self.rows = self._reduce(trainer, {name: c.moments for name, c in collectors.items()})
+        self.mark_recorded()
         shares = {
             f"gaaf/node_correlation_{self.split}_{r['threshold']:g}/{r['layer']}": r["pairs"]
             / r["total_pairs"]
             for r in self.rows
             if r["total_pairs"]
         }
-        log_scalars(trainer, shares, trainer.global_step)
+        self.log_step(trainer, shares, trainer.global_step)
         log_table(
             trainer,
             "gaaf/node_correlation",

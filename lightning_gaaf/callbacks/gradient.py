@@ -14,7 +14,6 @@ from typing_extensions import override
 
 from lightning_gaaf.callbacks._base import StepHistory, finite_means
 from lightning_gaaf.callbacks._layers import require_layers, weight_layers
-from lightning_gaaf.callbacks._loggers import log_scalars
 from lightning_gaaf.stats import plots
 
 
@@ -71,7 +70,7 @@ class GradInfoMonitor(StepHistory):
             return
         values = gradient_means(self._layers)
         self.append(step, values)
-        log_scalars(trainer, {f"gaaf/grad_info/{name}": v for name, v in values.items()}, step)
+        self.log_step(trainer, {f"gaaf/grad_info/{name}": v for name, v in values.items()}, step)
 
     @override
     def summary(self) -> dict[str, float]:

@@ -23,13 +23,16 @@ from typing_extensions import override
 from lightning_gaaf.callbacks._args import is_log_step
 from lightning_gaaf.callbacks._base import StepHistory
 from lightning_gaaf.callbacks._layers import has_gaaf, require_layers, weight_layers
-from lightning_gaaf.callbacks._loggers import log_scalars
 from lightning_gaaf.callbacks.gradient import gradient_means
 from lightning_gaaf.stats import plots
 
 #: Default factor: a layer's gradient information more than 100x (or less than 1/100) the last layer's.
 DEFAULT_FACTOR = 100.0
 
+_LR_CAUSE = (
+    "a learning rate too large for this model is a likely cause of gradients that grow during "
+    "training or turn inf/NaN ({lr}); remedies: a smaller learning rate, a warm-up, or gradient clipping"
+)
 _GAAF_REMEDIES = (
     "GAAF multiplies the backward signal at every activation; remedies: a smaller shape "
     "(shape_kwargs, or a narrower shape such as 'gauss'), a larger K, GAAF on fewer layers "
@@ -128,10 +131,10 @@ class GradScaleMonitor(StepHistory):
         ref = values[self.reference] if self.reference in with_grad else math.nan
         ratios = {n: (v / ref if math.isfinite(ref) and ref > 0 else math.nan) for n, v in values.items()}
         self.append(step, ratios)
-        log_scalars(trainer, {f"gaaf/grad_scale/{n}": r for n, r in ratios.items()}, step)
+        self.log_step(trainer, {f"gaaf/grad_scale/{n}": r for n, r in ratios.items()}, step)
         problems = self._problems(step, values, ratios, with_grad)
         if problems and not self.warnings:
-            message = self._message(step, problems)
+            message = self._message(trainer, step, problems)
             self.warnings.append({"step": step, "message": message})
             rank_zero_warn(message, category=UserWarning)
 
@@ -168,9 +171,18 @@ class GradScaleMonitor(StepHistory):
             found.append(f"gradients grew more than {f:g}x since step {self.steps[0]}: {_listing(grown)}")
         return found
 
-    def _message(self, step: int, problems: list[str]) -> str:
-        remedies = _GAAF_REMEDIES if self._gaaf else _PLAIN_REMEDIES
-        return f"{type(self).__name__} at step {step}: " + "; ".join(problems) + f". {remedies}."
+    def _message(self, trainer: pl.Trainer, step: int, problems: list[str]) -> str:
+        """The problems and their likely causes. Ratios across depth at the first check come from the
+        architecture (no update has been made yet); anything that appears later (growth, inf/NaN,
+        ratios that drifted) can come from the learning rate; GAAF is named only when the model has
+        GAAF modules."""
+        causes = []
+        if step > self.steps[0] or any(p.startswith(("non-finite", "gradients grew")) for p in problems):
+            causes.append(_LR_CAUSE.format(lr=_learning_rates(trainer)))
+        causes.append(_GAAF_REMEDIES if self._gaaf else _PLAIN_REMEDIES)
+        return (
+            f"{type(self).__name__} at step {step}: " + "; ".join(problems) + ". " + ". ".join(causes) + "."
+        )
 
     @override
     def stats(self) -> dict[str, Any]:
@@ -187,3 +199,10 @@ class GradScaleMonitor(StepHistory):
         if not stats["steps"]:
             return {}
         return {"gaaf/report/grad_scale": plots.plot_grad_scale([("", stats)], out / "grad_scale.png")}
+
+
+def _learning_rates(trainer: pl.Trainer) -> str:
+    """The optimizers' current learning rates, for the warning (``lr 0.05``, ``lr 0.1, 0.01``)."""
+    rates = [g["lr"] for opt in trainer.optimizers for g in opt.param_groups if "lr" in g]
+    unique = list(dict.fromkeys(float(r) for r in rates))
+    return "learning rate unknown" if not unique else "lr " + ", ".join(f"{r:g}" for r in unique)

@@ -16,11 +16,11 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_gaaf.callbacks._accumulator import NetAccumulator
-from lightning_gaaf.callbacks._args import check_bins, check_include, check_split, renamed_arguments
+from lightning_gaaf.callbacks._args import check_bins, check_include, check_split
 from lightning_gaaf.callbacks._base import StepHistory
 from lightning_gaaf.callbacks._hooks import HookSet
 from lightning_gaaf.callbacks._layers import activation_modules, plain_activation, require_layers
-from lightning_gaaf.callbacks._loggers import log_scalars, wants_media
+from lightning_gaaf.callbacks._loggers import wants_media
 from lightning_gaaf.callbacks.thresholds import Interval, check_override, resolve_intervals
 from lightning_gaaf.stats import plots
 
@@ -91,12 +91,8 @@ class SaturationMonitor(StepHistory):
         value_range: tuple[float, float] = (-5.0, 5.0),
         thresholds: dict[str, float | tuple[float | None, float | None]] | None = None,
         split: Literal["test", "val"] = "test",
-        **deprecated: Any,
     ) -> None:
         owner = type(self).__name__
-        old = renamed_arguments(owner, deprecated, {"range": "value_range", "on_fit_end_split": "split"})
-        value_range = old.get("value_range", value_range)
-        split = old.get("split", split)
         super().__init__(log_every_n_steps)
         self.include = check_include(owner, include)
         self.bins = check_bins(owner, bins)
@@ -180,7 +176,7 @@ class SaturationMonitor(StepHistory):
         if self._pending_step is not None and step != self._pending_step:
             self._flush(trainer)
         if self._layers and self.is_due(step):
-            self._acc.attach(self._layers, self._hooks)
+            self._acc.attach(self._layers, self._hooks, pl_module)
             self._pending_step = step
 
     @override
@@ -200,6 +196,7 @@ class SaturationMonitor(StepHistory):
         """Reduce the pending step's sums over ranks, append them to the history and log them."""
         step, self._pending_step = self._pending_step, None
         stats = self._acc.summarize(self._acc.reduce(trainer))
+        self.mark_recorded()
         self.steps.append(step)
         for name, s in stats.items():
             for key in self.history[name]:
@@ -218,7 +215,7 @@ class SaturationMonitor(StepHistory):
         if wants_media(trainer):
             hists = {f"gaaf/net_hist{suffix}/{name}": (s["hist"], self.edges) for name, s in stats.items()}
             sums = {f"gaaf/net_hist{suffix}/{name}": (s["sum"], s["sumsq"]) for name, s in stats.items()}
-        log_scalars(trainer, metrics, step, hists, sums)
+        self.log_step(trainer, metrics, step, hists, sums)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -241,7 +238,7 @@ class SaturationMonitor(StepHistory):
             self._find_layers(pl_module)
         if self._layers:
             self._eval_acc = self._accumulator(pl_module.device)
-            self._eval_acc.attach(self._layers, self._eval_hooks, skip_extra=False)
+            self._eval_acc.attach(self._layers, self._eval_hooks)
 
     def _eval_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._eval_hooks.remove()
@@ -249,6 +246,7 @@ class SaturationMonitor(StepHistory):
         if acc is None:
             return
         self.eval_stats = acc.summarize(acc.reduce(trainer))
+        self.mark_recorded()
         self._log(trainer, self.eval_stats, f"_{self.split}", trainer.global_step)
 
     @override

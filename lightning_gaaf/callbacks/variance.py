@@ -13,11 +13,11 @@ from pytorch_lightning.utilities.seed import isolate_rng
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_gaaf.callbacks._args import check_include, check_interval, renamed_arguments
+from lightning_gaaf.callbacks._args import check_include, check_interval
 from lightning_gaaf.callbacks._base import StepHistory, finite_means
-from lightning_gaaf.callbacks._hooks import HookSet, extra_forwards
+from lightning_gaaf.callbacks._hooks import HookSet, probe_forwards
 from lightning_gaaf.callbacks._layers import activation_modules, require_layers
-from lightning_gaaf.callbacks._loggers import all_reduce_sum, log_scalars
+from lightning_gaaf.callbacks._loggers import all_reduce_sum
 from lightning_gaaf.stats import plots
 
 
@@ -137,11 +137,9 @@ class NetVarMonitor(StepHistory):
         repeats: int = 20,
         max_samples: int | None = 16,
         include: list[str] | None = None,
-        **deprecated: Any,
     ) -> None:
         owner = type(self).__name__
-        old = renamed_arguments(owner, deprecated, {"every_n_steps": "log_every_n_steps"})
-        super().__init__(old.get("log_every_n_steps", log_every_n_steps))
+        super().__init__(log_every_n_steps)
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
             raise ValueError(
                 f"{owner}: repeats must be an integer >= 2 (a variance needs two samples), got {repeats!r}"
@@ -175,7 +173,7 @@ class NetVarMonitor(StepHistory):
             return
         values = self.probe(trainer, pl_module, batch)
         self.append(step, values)
-        log_scalars(trainer, {f"gaaf/net_var/{name}": v for name, v in values.items()}, step)
+        self.log_step(trainer, {f"gaaf/net_var/{name}": v for name, v in values.items()}, step)
 
     def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> dict[str, float]:
         """Mean per-node net variance of each layer over ``repeats`` forwards of ``batch``.
@@ -221,7 +219,7 @@ class NetVarMonitor(StepHistory):
         for tracker, layer in zip(trackers, self._layers.values(), strict=True):
             hooks.add(layer.register_forward_pre_hook(_recorder(tracker)))
         try:
-            with isolate_rng(), torch.no_grad(), extra_forwards():
+            with isolate_rng(), torch.no_grad(), probe_forwards(pl_module):
                 for x in inputs:
                     if tiled is None:
                         for tracker in trackers:

@@ -14,7 +14,6 @@ from typing_extensions import override
 from lightning_gaaf.callbacks._args import check_bins
 from lightning_gaaf.callbacks._base import Monitor
 from lightning_gaaf.callbacks._layers import require_layers, weight_layers
-from lightning_gaaf.callbacks._loggers import log_histograms
 from lightning_gaaf.stats import plots
 
 
@@ -35,6 +34,7 @@ class WeightHistMonitor(Monitor):
     statistic = "weight_hist"
 
     def __init__(self, bins: int = 64) -> None:
+        super().__init__()
         self.bins = check_bins(type(self).__name__, bins)
         self._layers: dict[str, nn.Module] = {}
         self.records: dict[str, dict[str, dict[str, Any]]] = {}
@@ -60,6 +60,7 @@ class WeightHistMonitor(Monitor):
             if when == "init" and "init" in self.records.get(name, {}):
                 continue  # a resumed fit keeps the first start (and does not log it again)
             captured.append(name)
+            self.mark_recorded()
             w = layer.weight.detach().float().cpu().numpy().ravel()
             counts, edges = np.histogram(w, bins=self.bins)
             self.records.setdefault(name, {})[when] = {
@@ -76,7 +77,7 @@ class WeightHistMonitor(Monitor):
             )
             for name in captured
         }
-        log_histograms(trainer, hists, trainer.global_step)
+        self.log_step(trainer, {}, trainer.global_step, hists)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -291,7 +291,7 @@ def table1(runs: dict[str, list[dict[str, Any]]], dataset: str | None = None) ->
     paper_head = f" {_paper_header(dataset)}: \\|corr\\| > 0.9 |" if show_paper else ""
     lines = [
         "Node pairs of each hidden layer whose activation outputs have |Pearson correlation| above each threshold "
-        "on the test set (NodeCorrelation), mean over seeds; in brackets the share of all live-node pairs.",
+        "on the test set (NodeCorrelationMonitor), mean over seeds; in brackets the share of all live-node pairs.",
         "",
         f"| model | layer | live nodes | {head} |{paper_head}",
         "|---|---|---|" + "---|" * (len(thresholds) + show_paper),

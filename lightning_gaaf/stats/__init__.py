@@ -8,9 +8,18 @@ from lightning_gaaf.stats.schema import (
     FILES,
     SCHEMA_VERSION,
     StatsFileError,
+    StatsWriteError,
     find_stats_file,
     read_stats,
     write_stats,
 )
 
-__all__ = ["FILES", "SCHEMA_VERSION", "StatsFileError", "find_stats_file", "read_stats", "write_stats"]
+__all__ = [
+    "FILES",
+    "SCHEMA_VERSION",
+    "StatsFileError",
+    "StatsWriteError",
+    "find_stats_file",
+    "read_stats",
+    "write_stats",
+]

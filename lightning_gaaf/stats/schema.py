@@ -2,13 +2,20 @@
 
 Every file is a JSON object with at least::
 
-    {"schema_version": 1, "statistic": "<name>", "partial": false, ...}
+    {"schema_version": 2, "statistic": "<name>", "partial": false, "nonfinite": {}, ...}
 
 ``partial`` is true when the run ended with an exception (interrupted, crashed) and the file holds
-what was recorded until then. NaN and infinity are stored as ``null`` so any JSON reader can load
-the files. :func:`read_stats` also reads the files of earlier versions (without
-``schema_version``: ``weights.json`` and ``node_correlation.csv``) and returns them in the current
-layout.
+what was recorded until then. Non-finite numbers (a diverged loss, an exploded gradient) are kept
+as such: ``nonfinite`` maps the JSON Pointer (RFC 6901) of each to ``"nan"``, ``"inf"`` or
+``"-inf"``, and the file holds ``null`` there inside a list and leaves the member out inside an
+object, so any JSON reader loads the files and one that skips missing values reads them as before.
+:func:`read_stats` puts the values back (``float("nan")``...). It also reads the files of earlier
+versions: version 1 (non-finite numbers as plain ``null``) and version 0 (without
+``schema_version``: ``weights.json`` and ``node_correlation.csv``), returned in the current layout.
+
+Writing is atomic: a temporary file in the same directory, flushed to disk, then renamed over the
+old one; if that fails (a full disk) the temporary file is removed, the old file stays as it was,
+and :class:`StatsWriteError` says which file could not be written and why, in one line.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 #: Version of the layout written by :func:`write_stats`; :func:`read_stats` reads this and older ones.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Statistic -> file name under ``<run_dir>/stats/``.
 FILES: dict[str, str] = {
@@ -46,34 +53,97 @@ class StatsFileError(ValueError):
     """A stats file that cannot be read: not JSON, not a stats file, or from a newer version."""
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+class StatsWriteError(OSError):
+    """A stats file that could not be written (full disk, no permission); the old file is unchanged."""
+
+
+#: Keys every file has besides the statistic's own.
+RESERVED = ("schema_version", "statistic", "partial", "nonfinite")
+
+
+def _nonfinite_label(value: float) -> str:
+    return "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
+
+
+def _pointer_token(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _encode(obj: Any, pointer: str, marks: dict[str, str]) -> Any:
+    """``obj`` as plain JSON values; non-finite floats become ``null`` and an entry in ``marks``."""
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy arrays and scalars, tensors
+        obj = obj.tolist()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        marks[pointer] = _nonfinite_label(obj)
+        return None
     if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        out = {}
+        for key, value in obj.items():
+            item = _encode(value, f"{pointer}/{_pointer_token(str(key))}", marks)
+            if item is not None or value is None:  # a non-finite member is left out
+                out[str(key)] = item
+        return out
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if hasattr(obj, "tolist"):  # numpy arrays and scalars
-        return _json_safe(obj.tolist())
+        return [_encode(v, f"{pointer}/{i}", marks) for i, v in enumerate(obj)]
     return obj
 
 
-def write_stats(stats_dir: Path, statistic: str, payload: Mapping[str, Any], partial: bool = False) -> Path:
-    """Write ``stats_dir/<FILES[statistic]>`` and return its path.
+def _decode(data: dict[str, Any], path: Path) -> None:
+    """Put the non-finite values listed in ``data["nonfinite"]`` back in place."""
+    marks = data.pop("nonfinite", None) or {}
+    if not isinstance(marks, dict):
+        raise StatsFileError(f"cannot read {path}: 'nonfinite' must be an object")
+    for pointer, label in marks.items():
+        if label not in ("nan", "inf", "-inf") or not pointer.startswith("/"):
+            raise StatsFileError(f"cannot read {path}: bad 'nonfinite' entry {pointer!r}: {label!r}")
+        tokens = [t.replace("~1", "/").replace("~0", "~") for t in pointer[1:].split("/")]
+        node: Any = data
+        try:
+            for token in tokens[:-1]:
+                node = node[int(token)] if isinstance(node, list) else node[token]
+            last = tokens[-1]
+            if isinstance(node, list):
+                node[int(last)] = float(label)
+            else:
+                node[last] = float(label)
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise StatsFileError(
+                f"cannot read {path}: 'nonfinite' entry {pointer!r} points nowhere"
+            ) from None
 
-    The file is written to a temporary name and renamed, so a reader (or an interruption) never
-    sees half a file.
+
+def write_stats(stats_dir: Path, statistic: str, payload: Mapping[str, Any], partial: bool = False) -> Path:
+    """Write ``stats_dir/<FILES[statistic]>`` atomically and return its path.
+
+    Raises:
+        StatsWriteError: the file could not be written; the previous file (if any) is unchanged
+            and no temporary file is left behind.
     """
     if statistic not in FILES:
         raise ValueError(f"unknown statistic {statistic!r}; known: {', '.join(FILES)}")
-    stats_dir = Path(stats_dir)
-    stats_dir.mkdir(parents=True, exist_ok=True)
+    marks: dict[str, str] = {}
+    body = _encode({k: v for k, v in payload.items() if k not in RESERVED}, "", marks)
     record = {"schema_version": SCHEMA_VERSION, "statistic": statistic, "partial": bool(partial)}
-    record.update({k: v for k, v in payload.items() if k not in record})
-    path = stats_dir / FILES[statistic]
+    record.update(body)
+    record["nonfinite"] = marks
+    text = json.dumps(record, allow_nan=False) + "\n"
+    path = Path(stats_dir) / FILES[statistic]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_json_safe(record), allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        error = StatsWriteError(f"cannot write {path}: {err.strerror or err}")
+        error.errno = err.errno
+        raise error from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -104,6 +174,9 @@ def read_stats(path: Path) -> dict[str, Any]:
         )
     if version == 0:
         data = _upgrade_v0(path, data)
+    elif version == 2:
+        _decode(data, path)
+    data["schema_version"] = SCHEMA_VERSION
     return data
 
 

@@ -1,0 +1,228 @@
+"""The thread policy of a run: how many intra-op threads, and how long idle OpenMP threads spin.
+
+Why: torch's OpenMP threads (GNU libgomp in the Linux wheels) spin for 300 000 iterations after
+each parallel region before they sleep. On an idle machine that saves a wake-up per region; on a
+busy one a spinning thread burns the time slice its partner needs, and one epoch of the paper MLP
+took 7x longer with two busy processes on two cores (docs/results/threads.md). A short spin keeps
+the quiet speed and most of the busy one.
+
+The runtime reads its environment once, when torch is imported, so a program calls
+``apply_thread_policy(choose_thread_policy())`` first thing in ``main()``, before importing torch.
+Called later, only the thread count can still change (``torch.set_num_threads``);
+:meth:`ThreadPolicy.describe` then says so. This module imports nothing but the standard library.
+
+Overrides, all from the environment; a user's explicit setting always wins:
+
+* ``GAAF_THREADS=auto`` (default) or ``N``: the intra-op thread count. ``auto`` honours
+  ``OMP_NUM_THREADS`` when set, else takes the physical cores this process may use (its CPU
+  affinity and cgroup CPU quota). That is torch's own default on an unrestricted machine, where
+  ``OMP_NUM_THREADS`` stays unset (Lightning's DDP and torchrun then share the cores among their
+  processes); under a narrower affinity or quota it is exported.
+* ``GOMP_SPINCOUNT`` / ``OMP_WAIT_POLICY``: when either is set, the spin count is left to them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+from collections.abc import Iterable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "DEFAULT_SPIN_COUNT",
+    "ENV_VAR",
+    "ThreadPolicy",
+    "apply_thread_policy",
+    "choose_thread_policy",
+    "openmp_runtime",
+    "usable_cores",
+]
+
+ENV_VAR = "GAAF_THREADS"
+# GNU libgomp spins for this many iterations before sleeping (its default: 300 000). Chosen from
+# benchmarks/threads.py: quiet epoch as fast as the default, busy epoch near the passive policy.
+DEFAULT_SPIN_COUNT = 10_000
+_SPIN_VARIABLES = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
+
+
+@dataclass(frozen=True)
+class ThreadPolicy:
+    """The chosen values and where they come from.
+
+    ``environ`` holds only the variables the policy sets (never one the user set); ``user`` names
+    the variables the user set that decided a value; ``torch_loaded`` is true when torch was
+    already imported, so that environment no longer reaches its OpenMP runtime.
+    """
+
+    threads: int
+    spin_count: int | None
+    setting: str
+    runtime: str | None
+    environ: Mapping[str, str] = field(default_factory=dict)
+    user: tuple[str, ...] = ()
+    torch_loaded: bool = False
+
+    def describe(self) -> str:
+        """One line for a run's header, e.g. ``threads: 2 (OpenMP spin 10000, GAAF_THREADS=auto)``."""
+        if self.spin_count is not None:
+            wait = f"OpenMP spin {self.spin_count}"
+        else:
+            user_wait = [f"{name} set" for name in self.user if name in _SPIN_VARIABLES]
+            wait = ", ".join(user_wait) or f"OpenMP wait: {self.runtime or 'no OpenMP runtime found'} default"
+        parts = [wait, f"{ENV_VAR}={self.setting}"]
+        if "OMP_NUM_THREADS" in self.user:
+            parts.append("OMP_NUM_THREADS set")
+        if self.torch_loaded:
+            parts.append("torch already imported: only the thread count applies")
+        return f"threads: {self.threads} ({', '.join(parts)})"
+
+
+def _parse_count(value: str, name: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"{name} must be 'auto' or a positive integer, got {value!r}")
+    return count
+
+
+def usable_cores(
+    affinity: Iterable[int] | None = None,
+    core_of: Mapping[int, str] | None = None,
+    quota: float | None = None,
+) -> int:
+    """Physical cores among the CPUs this process may run on, capped by its cgroup CPU quota.
+
+    ``affinity`` (CPU ids, default ``os.sched_getaffinity(0)``), ``core_of`` (CPU id -> its core,
+    default read from sysfs; a CPU it lacks counts as a core of its own) and ``quota`` (CPUs'
+    worth of time, default read from cgroup v2 ``cpu.max``; ``math.inf`` = unlimited) can be given.
+    """
+    cpus = sorted(os.sched_getaffinity(0) if affinity is None else affinity)
+    if core_of is None:
+        core_of = _sysfs_cores(cpus)
+    cores = len({core_of.get(cpu, f"cpu{cpu}") for cpu in cpus})
+    if quota is None:
+        quota = _cgroup_quota()
+    if quota is not None and quota != math.inf:
+        cores = min(cores, math.ceil(quota))
+    return max(1, cores)
+
+
+def _sysfs_cores(cpus: Iterable[int]) -> dict[int, str]:
+    found: dict[int, str] = {}
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            package = (topology / "physical_package_id").read_text().strip()
+            found[cpu] = package + ":" + (topology / "core_id").read_text().strip()
+        except OSError:
+            pass
+    return found
+
+
+def _cgroup_quota() -> float | None:
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def openmp_runtime() -> str | None:
+    """File name of the OpenMP runtime torch loads (``libgomp...``, ``libiomp5...``, ``libomp...``).
+
+    Read from this process's mapped libraries when torch is imported, else from the files next to
+    torch's own libraries (without importing torch); None when neither shows one.
+    """
+    names = ("libgomp", "libiomp", "libomp")
+    if "torch" in sys.modules:
+        try:
+            with open("/proc/self/maps") as maps:
+                for line in maps:
+                    base = os.path.basename(line.split()[-1]) if len(line.split()) >= 6 else ""
+                    if base.startswith(names):
+                        return base
+        except OSError:
+            pass
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.origin:
+        lib = Path(spec.origin).parent / "lib"
+        if lib.is_dir():
+            for path in sorted(lib.iterdir()):
+                if path.name.startswith(names):
+                    return path.name
+    return None
+
+
+def choose_thread_policy(
+    environ: Mapping[str, str] = os.environ,
+    *,
+    cores: int | None = None,
+    machine_cores: int | None = None,
+    runtime: str | None = "detect",
+    torch_loaded: bool | None = None,
+) -> ThreadPolicy:
+    """The policy for this process, from ``environ`` and the machine.
+
+    ``cores`` (default :func:`usable_cores`), ``machine_cores`` (the machine's physical cores),
+    ``runtime`` (default :func:`openmp_runtime`) and
+    ``torch_loaded`` (default: whether ``torch`` is in ``sys.modules``) can be given, for tests.
+    Raises ValueError on a malformed ``GAAF_THREADS``.
+    """
+    setting = environ.get(ENV_VAR, "").strip() or "auto"
+    user: list[str] = []
+    updates: dict[str, str] = {}
+    if runtime == "detect":
+        runtime = openmp_runtime()
+    if torch_loaded is None:
+        torch_loaded = "torch" in sys.modules
+
+    user_threads = _omp_num_threads(environ.get("OMP_NUM_THREADS", ""))
+    if setting != "auto":
+        threads = _parse_count(setting, ENV_VAR)
+        updates["OMP_NUM_THREADS"] = str(threads)
+    elif user_threads is not None:
+        threads = user_threads
+        user.append("OMP_NUM_THREADS")
+    else:
+        threads = usable_cores() if cores is None else cores
+        if machine_cores is None:
+            machine_cores = usable_cores(affinity=range(os.cpu_count() or 1), quota=math.inf)
+        # Left unset when torch's own default (the machine's cores) is this count already, so that
+        # Lightning's DDP and torchrun still divide the cores among the processes they start.
+        if threads < machine_cores:
+            updates["OMP_NUM_THREADS"] = str(threads)
+
+    spin_count: int | None = None
+    user_spin = [name for name in _SPIN_VARIABLES if environ.get(name, "").strip()]
+    if user_spin:
+        user += user_spin
+    elif runtime is not None and runtime.startswith("libgomp"):
+        spin_count = DEFAULT_SPIN_COUNT
+        updates["GOMP_SPINCOUNT"] = str(spin_count)
+    return ThreadPolicy(threads, spin_count, setting, runtime, updates, tuple(user), torch_loaded)
+
+
+def _omp_num_threads(value: str) -> int | None:
+    """The outer level of ``OMP_NUM_THREADS`` (``"4"`` or ``"4,2"``), None when unset or malformed."""
+    try:
+        count = int(value.split(",")[0])
+    except ValueError:
+        return None
+    return count if count > 0 else None
+
+
+def apply_thread_policy(policy: ThreadPolicy, environ: MutableMapping[str, str] = os.environ) -> None:
+    """Put ``policy`` into effect: its variables into ``environ`` (also for child processes), and
+    the thread count into torch when torch is already imported (the spin count then stays)."""
+    environ.update(policy.environ)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != policy.threads:
+        torch.set_num_threads(policy.threads)

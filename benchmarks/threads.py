@@ -21,8 +21,9 @@ round's ratio) and quiet/quiet of the default policy (medians).
 
 Data: ``--data-dir`` or ``$GAAF_DATA_DIR`` (torchvision layout); without either, a synthetic MNIST
 of full size. ``policy`` is what :func:`lightning_gaaf.run.threads.choose_thread_policy` picks
-when the worker starts (``GAAF_THREADS`` is read from this environment, everything else as a
-user would have it: the parent removes its own OpenMP variables from the workers' environment).
+when the worker starts (``GAAF_THREADS`` is read from this environment; the parent removes its own
+OpenMP variables from the workers' environment); the other rows run with ``GAAF_THREADS=off`` and
+their own variables only.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ POLICIES: dict[str, dict[str, str]] = {
     "spin 10000": {"GOMP_SPINCOUNT": "10000"},
     "spin 30000": {"GOMP_SPINCOUNT": "30000"},
     "spin 100000": {"GOMP_SPINCOUNT": "100000"},
-    "policy": {},  # the worker applies choose_thread_policy() itself, before importing torch
+    "policy": {},  # lightning_gaaf.run.threads.choose_thread_policy(), as the programs apply it
 }
 
 # A CPU-bound loop that ends by itself once its parent is gone (checked every ~50 ms).
@@ -63,22 +64,14 @@ BUSY_LOOP = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n  
 
 def worker(args: argparse.Namespace) -> None:
     """Time one raw epoch per line read on stdin; print its seconds. Ends at end of input."""
-    if args.apply_policy:
-        from lightning_gaaf.run.threads import apply_thread_policy, choose_thread_policy
-
-        policy = choose_thread_policy()
-        apply_thread_policy(policy)
-        header = policy.describe()
-    import time
-
+    import _thread_policy  # first: parity imports torch, whose OpenMP runtime reads the policy at load
     import torch
     from parity import make_backbone, raw_epoch
 
     from lightning_gaaf.activations.backends.native import loaded_openmp_runtimes
     from lightning_gaaf.datamodules import MNISTDataModule
 
-    if not args.apply_policy:
-        header = f"threads: {torch.get_num_threads()}"
+    header = _thread_policy.POLICY.describe()
     root = args.data_dir
     if root is None:
         import tempfile
@@ -106,12 +99,11 @@ class Worker:
 
     def __init__(self, name: str, args: argparse.Namespace) -> None:
         env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
-        env.update(POLICIES[name])
+        if name != "policy":  # GAAF_THREADS=off: the thread policy sets nothing, torch's defaults rule
+            env.update(POLICIES[name], GAAF_THREADS="off")
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--model", args.model]
         if args.data_dir:
             cmd += ["--data-dir", args.data_dir]
-        if name == "policy":
-            cmd.append("--apply-policy")
         self.name = name
         # A session of its own: Ctrl-C reaches the parent only, which then ends every child.
         self.proc = subprocess.Popen(
@@ -241,7 +233,6 @@ def main(argv: list[str] | None = None) -> None:
         "--policies", default=",".join(POLICIES), help="comma-separated, the first is the baseline"
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--apply-policy", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args)

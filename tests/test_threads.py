@@ -83,10 +83,19 @@ def test_no_spin_count_for_other_runtimes() -> None:
     assert policy.describe() == "threads: 2 (OpenMP wait: libiomp5.so default, GAAF_THREADS=auto)"
 
 
+def test_off_sets_nothing() -> None:
+    policy = choose({"GAAF_THREADS": "off"})
+    assert (policy.threads, policy.spin_count, dict(policy.environ)) == (None, None, {})
+    assert policy.describe() == "threads: torch's defaults (GAAF_THREADS=off)"
+    environ: dict[str, str] = {}
+    apply_thread_policy(policy, environ)
+    assert environ == {}
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
 def test_a_malformed_gaaf_threads_is_one_clear_error(value: str) -> None:
     with pytest.raises(
-        ValueError, match=rf"^GAAF_THREADS must be 'auto' or a positive integer, got '{value}'$"
+        ValueError, match=rf"^GAAF_THREADS must be 'auto', 'off' or a positive integer, got '{value}'$"
     ):
         choose({"GAAF_THREADS": value})
 
@@ -123,7 +132,7 @@ def _python(code: str, **env: str) -> str:
     environ = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
     environ.update(env, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        [sys.executable, "-c", code],
         env=environ,
         capture_output=True,
         text=True,
@@ -133,23 +142,21 @@ def _python(code: str, **env: str) -> str:
     return result.stdout.strip()
 
 
-APPLY_FIRST = """
+APPLY_FIRST = textwrap.dedent("""
     import os, sys
     from lightning_gaaf.run.threads import apply_thread_policy, choose_thread_policy
     assert "torch" not in sys.modules, "the policy module imported torch"
     policy = choose_thread_policy()
     apply_thread_policy(policy)
     import torch
-"""
+""")
 
 
 @pytest.mark.parametrize("setting", ["1", "2", "auto"])
 def test_the_policy_reaches_torch_in_a_new_process(setting: str) -> None:
     out = _python(
         APPLY_FIRST
-        + """
-    print(torch.get_num_threads(), os.environ["GOMP_SPINCOUNT"], policy.threads, policy.describe())
-    """,
+        + 'print(torch.get_num_threads(), os.environ["GOMP_SPINCOUNT"], policy.threads, policy.describe())',
         GAAF_THREADS=setting,
     )
     threads, spin, chosen, describe = out.split(" ", 3)
@@ -165,14 +172,15 @@ def test_a_user_omp_num_threads_reaches_torch_untouched() -> None:
     assert out == "1 1"
 
 
-SEEDED_TRAINING = """
+SEEDED_TRAINING = textwrap.dedent("""
     import hashlib
     import torch.nn.functional as F
     from lightning_gaaf import apply_gaaf
     from lightning_gaaf.models import MLP
 
     torch.manual_seed(0)
-    model = apply_gaaf(MLP(hidden=(256, 128), activation="tanh"))
+    model = MLP(hidden=(256, 128), activation="tanh")
+    apply_gaaf(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     x, y = torch.randn(512, 784), torch.randint(0, 10, (512,))
     for step in range(5):
@@ -184,7 +192,7 @@ SEEDED_TRAINING = """
     for p in model.parameters():
         digest.update(p.detach().numpy().tobytes())
     print(torch.get_num_threads(), digest.hexdigest())
-"""
+""")
 
 
 def test_a_seeded_training_repeats_bit_for_bit_with_the_same_thread_count() -> None:

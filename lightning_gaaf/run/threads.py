@@ -13,7 +13,8 @@ Called later, only the thread count can still change (``torch.set_num_threads``)
 
 Overrides, all from the environment; a user's explicit setting always wins:
 
-* ``GAAF_THREADS=auto`` (default) or ``N``: the intra-op thread count. ``auto`` honours
+* ``GAAF_THREADS=auto`` (default), ``N`` or ``off``: the intra-op thread count; ``off`` leaves
+  everything to torch's own defaults (the policy sets nothing). ``auto`` honours
   ``OMP_NUM_THREADS`` when set, else takes the physical cores this process may use (its CPU
   affinity and cgroup CPU quota). That is torch's own default on an unrestricted machine, where
   ``OMP_NUM_THREADS`` stays unset (Lightning's DDP and torchrun then share the cores among their
@@ -57,7 +58,7 @@ class ThreadPolicy:
     already imported, so that environment no longer reaches its OpenMP runtime.
     """
 
-    threads: int
+    threads: int | None
     spin_count: int | None
     setting: str
     runtime: str | None
@@ -67,6 +68,8 @@ class ThreadPolicy:
 
     def describe(self) -> str:
         """One line for a run's header, e.g. ``threads: 2 (OpenMP spin 10000, GAAF_THREADS=auto)``."""
+        if self.threads is None:
+            return f"threads: torch's defaults ({ENV_VAR}=off)"
         if self.spin_count is not None:
             wait = f"OpenMP spin {self.spin_count}"
         else:
@@ -86,7 +89,7 @@ def _parse_count(value: str, name: str) -> int:
     except ValueError:
         count = 0
     if count < 1:
-        raise ValueError(f"{name} must be 'auto' or a positive integer, got {value!r}")
+        raise ValueError(f"{name} must be 'auto', 'off' or a positive integer, got {value!r}")
     return count
 
 
@@ -185,6 +188,8 @@ def choose_thread_policy(
         torch_loaded = "torch" in sys.modules
 
     user_threads = _omp_num_threads(environ.get("OMP_NUM_THREADS", ""))
+    if setting == "off":
+        return ThreadPolicy(None, None, setting, runtime, {}, (), torch_loaded)
     if setting != "auto":
         threads = _parse_count(setting, ENV_VAR)
         updates["OMP_NUM_THREADS"] = str(threads)
@@ -224,5 +229,5 @@ def apply_thread_policy(policy: ThreadPolicy, environ: MutableMapping[str, str] 
     the thread count into torch when torch is already imported (the spin count then stays)."""
     environ.update(policy.environ)
     torch = sys.modules.get("torch")
-    if torch is not None and torch.get_num_threads() != policy.threads:
+    if torch is not None and policy.threads is not None and torch.get_num_threads() != policy.threads:
         torch.set_num_threads(policy.threads)

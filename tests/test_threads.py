@@ -18,6 +18,7 @@ from lightning_gaaf.run.threads import (
     apply_thread_policy,
     choose_thread_policy,
     openmp_runtime,
+    threads_for_load,
     usable_cores,
 )
 
@@ -30,11 +31,17 @@ def choose(
     environ: dict[str, str],
     cores: int = 2,
     machine_cores: int | None = None,
+    load: float = 0.0,
     runtime: str | None = GOMP,
     torch_loaded: bool = False,
 ):
     return choose_thread_policy(
-        environ, cores=cores, machine_cores=machine_cores or cores, runtime=runtime, torch_loaded=torch_loaded
+        environ,
+        cores=cores,
+        machine_cores=machine_cores or cores,
+        load=load,
+        runtime=runtime,
+        torch_loaded=torch_loaded,
     )
 
 
@@ -43,7 +50,22 @@ def test_auto_takes_the_usable_cores_and_a_short_spin() -> None:
     assert (policy.threads, policy.spin_count, policy.user) == (3, DEFAULT_SPIN_COUNT, ())
     # torch's own default already is the machine's cores: OMP_NUM_THREADS stays unset for DDP's sake
     assert dict(policy.environ) == {"GOMP_SPINCOUNT": str(DEFAULT_SPIN_COUNT)}
-    assert policy.describe() == f"threads: 3 (OpenMP spin {DEFAULT_SPIN_COUNT}, GAAF_THREADS=auto)"
+    assert (
+        policy.describe()
+        == f"threads: 3 (OpenMP spin {DEFAULT_SPIN_COUNT}, GAAF_THREADS=auto, load 0.0 on 3 cores)"
+    )
+
+
+@pytest.mark.parametrize(
+    "cores, load, threads", [(2, 0.0, 2), (2, 0.99, 2), (2, 1.0, 1), (2, 2.3, 1), (2, 40.0, 1), (8, 2.5, 6)]
+)
+def test_auto_leaves_the_cores_that_other_work_fills(cores: int, load: float, threads: int) -> None:
+    assert threads_for_load(cores, load) == threads
+    policy = choose({}, cores=cores, machine_cores=cores, load=load)
+    assert policy.threads == threads
+    # fewer threads than torch's default: exported, so that torch starts with that many
+    assert policy.environ.get("OMP_NUM_THREADS") == (str(threads) if threads < cores else None)
+    assert policy.describe().endswith(f"GAAF_THREADS=auto, load {load:.1f} on {cores} cores)")
 
 
 def test_auto_exports_the_count_under_a_narrower_affinity_or_quota() -> None:
@@ -53,14 +75,14 @@ def test_auto_exports_the_count_under_a_narrower_affinity_or_quota() -> None:
 
 
 def test_gaaf_threads_sets_the_count() -> None:
-    policy = choose({"GAAF_THREADS": " 4 "}, cores=2)
+    policy = choose({"GAAF_THREADS": " 4 "}, cores=2, load=5.0)  # the load does not count
     assert policy.threads == 4
     assert policy.environ["OMP_NUM_THREADS"] == "4"
     assert policy.describe() == f"threads: 4 (OpenMP spin {DEFAULT_SPIN_COUNT}, GAAF_THREADS=4)"
 
 
 def test_a_user_omp_num_threads_wins_over_auto() -> None:
-    policy = choose({"OMP_NUM_THREADS": "1", "GAAF_THREADS": "auto"}, cores=8)
+    policy = choose({"OMP_NUM_THREADS": "1", "GAAF_THREADS": "auto"}, cores=8, load=3.0)
     assert policy.threads == 1
     assert "OMP_NUM_THREADS" not in policy.environ
     assert policy.user == ("OMP_NUM_THREADS",)
@@ -74,13 +96,16 @@ def test_a_user_wait_setting_wins_over_the_spin_count(name: str, value: str) -> 
     assert policy.spin_count is None
     assert "GOMP_SPINCOUNT" not in policy.environ
     assert policy.user == (name,)
-    assert policy.describe() == f"threads: 2 ({name} set, GAAF_THREADS=auto)"
+    assert policy.describe() == f"threads: 2 ({name} set, GAAF_THREADS=auto, load 0.0 on 2 cores)"
 
 
 def test_no_spin_count_for_other_runtimes() -> None:
     policy = choose({}, runtime="libiomp5.so")
     assert policy.spin_count is None and dict(policy.environ) == {}
-    assert policy.describe() == "threads: 2 (OpenMP wait: libiomp5.so default, GAAF_THREADS=auto)"
+    assert (
+        policy.describe()
+        == "threads: 2 (OpenMP wait: libiomp5.so default, GAAF_THREADS=auto, load 0.0 on 2 cores)"
+    )
 
 
 def test_off_sets_nothing() -> None:
@@ -160,9 +185,15 @@ def test_the_policy_reaches_torch_in_a_new_process(setting: str) -> None:
         GAAF_THREADS=setting,
     )
     threads, spin, chosen, describe = out.split(" ", 3)
-    expected = usable_cores() if setting == "auto" else int(setting)
-    assert (int(threads), int(chosen), spin) == (expected, expected, str(DEFAULT_SPIN_COUNT))
-    assert describe == f"threads: {expected} (OpenMP spin {DEFAULT_SPIN_COUNT}, GAAF_THREADS={setting})"
+    assert (int(threads), spin) == (int(chosen), str(DEFAULT_SPIN_COUNT))
+    if setting == "auto":  # the machine's load at that moment decides within the usable cores
+        assert 1 <= int(chosen) <= usable_cores()
+        assert describe.startswith(
+            f"threads: {chosen} (OpenMP spin {DEFAULT_SPIN_COUNT}, GAAF_THREADS=auto, load "
+        )
+    else:
+        assert int(chosen) == int(setting)
+        assert describe == f"threads: {setting} (OpenMP spin {DEFAULT_SPIN_COUNT}, GAAF_THREADS={setting})"
 
 
 def test_a_user_omp_num_threads_reaches_torch_untouched() -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "apply_thread_policy",
     "choose_thread_policy",
     "openmp_runtime",
+    "threads_for_load",
     "usable_cores",
 ]
 
@@ -65,6 +66,8 @@ class ThreadPolicy:
     environ: Mapping[str, str] = field(default_factory=dict)
     user: tuple[str, ...] = ()
     torch_loaded: bool = False
+    load: float | None = None
+    cores: int | None = None
 
     def describe(self) -> str:
         """One line for a run's header, e.g. ``threads: 2 (OpenMP spin 10000, GAAF_THREADS=auto)``."""
@@ -76,6 +79,8 @@ class ThreadPolicy:
             user_wait = [f"{name} set" for name in self.user if name in _SPIN_VARIABLES]
             wait = ", ".join(user_wait) or f"OpenMP wait: {self.runtime or 'no OpenMP runtime found'} default"
         parts = [wait, f"{ENV_VAR}={self.setting}"]
+        if self.load is not None and self.cores is not None:
+            parts.append(f"load {self.load:.1f} on {self.cores} cores")
         if "OMP_NUM_THREADS" in self.user:
             parts.append("OMP_NUM_THREADS set")
         if self.torch_loaded:
@@ -169,12 +174,14 @@ def choose_thread_policy(
     *,
     cores: int | None = None,
     machine_cores: int | None = None,
+    load: float | None = None,
     runtime: str | None = "detect",
     torch_loaded: bool | None = None,
 ) -> ThreadPolicy:
     """The policy for this process, from ``environ`` and the machine.
 
     ``cores`` (default :func:`usable_cores`), ``machine_cores`` (the machine's physical cores),
+    ``load`` (default: the 1-minute load average),
     ``runtime`` (default :func:`openmp_runtime`) and
     ``torch_loaded`` (default: whether ``torch`` is in ``sys.modules``) can be given, for tests.
     Raises ValueError on a malformed ``GAAF_THREADS``.
@@ -197,7 +204,9 @@ def choose_thread_policy(
         threads = user_threads
         user.append("OMP_NUM_THREADS")
     else:
-        threads = usable_cores() if cores is None else cores
+        cores = usable_cores() if cores is None else cores
+        load = os.getloadavg()[0] if load is None else load
+        threads = threads_for_load(cores, load)
         if machine_cores is None:
             machine_cores = usable_cores(affinity=range(os.cpu_count() or 1), quota=math.inf)
         # Left unset when torch's own default (the machine's cores) is this count already, so that
@@ -212,7 +221,23 @@ def choose_thread_policy(
     elif runtime is not None and runtime.startswith("libgomp"):
         spin_count = DEFAULT_SPIN_COUNT
         updates["GOMP_SPINCOUNT"] = str(spin_count)
-    return ThreadPolicy(threads, spin_count, setting, runtime, updates, tuple(user), torch_loaded)
+    if setting != "auto" or "OMP_NUM_THREADS" in user:
+        load = cores = None  # neither decided the count
+    return ThreadPolicy(
+        threads, spin_count, setting, runtime, updates, tuple(user), torch_loaded, load, cores
+    )
+
+
+def threads_for_load(cores: int, load: float) -> int:
+    """The cores that other work leaves free (``load``: runnable processes, e.g. the load average),
+    at least one.
+
+    Why: a team of OpenMP threads is as slow as its slowest member; on a core that another busy
+    process wants, a member gets half the time and the rest of the team waits. One thread per free
+    core keeps the team off those (two busy processes on two cores: one thread, 4-6 s an epoch
+    instead of 14-15 s with two; docs/results/threads.md).
+    """
+    return max(1, min(cores, cores - math.floor(load)))
 
 
 def _omp_num_threads(value: str) -> int | None:

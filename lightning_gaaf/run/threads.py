@@ -3,8 +3,11 @@
 Why: torch's OpenMP threads (GNU libgomp in the Linux wheels) spin for 300 000 iterations after
 each parallel region before they sleep. On an idle machine that saves a wake-up per region; on a
 busy one a spinning thread burns the time slice its partner needs, and one epoch of the paper MLP
-took 7x longer with two busy processes on two cores (docs/results/threads.md). A short spin keeps
-the quiet speed and most of the busy one.
+took 9x longer with two busy processes on two cores (docs/results/threads.md). So the policy
+(1) leaves out the cores that other work already fills when the program starts (1-minute load
+average), and (2) spins 30 000 times: as fast as the default on an idle machine, half the
+default's epoch time when busy processes arrive later. Shorter spins, down to none (passive),
+cost 1.6-1.9x on an idle machine, because waking a sleeping thread is slow (on a VM above all).
 
 The runtime reads its environment once, when torch is imported, so a program calls
 ``apply_thread_policy(choose_thread_policy())`` first thing in ``main()``, before importing torch.
@@ -16,9 +19,9 @@ Overrides, all from the environment; a user's explicit setting always wins:
 * ``GAAF_THREADS=auto`` (default), ``N`` or ``off``: the intra-op thread count; ``off`` leaves
   everything to torch's own defaults (the policy sets nothing). ``auto`` honours
   ``OMP_NUM_THREADS`` when set, else takes the physical cores this process may use (its CPU
-  affinity and cgroup CPU quota). That is torch's own default on an unrestricted machine, where
-  ``OMP_NUM_THREADS`` stays unset (Lightning's DDP and torchrun then share the cores among their
-  processes); under a narrower affinity or quota it is exported.
+  affinity and cgroup CPU quota) minus those the load average fills. When that is torch's own
+  default (all the machine's cores), ``OMP_NUM_THREADS`` stays unset, so that Lightning's DDP and
+  torchrun still share the cores among their processes; otherwise it is exported.
 * ``GOMP_SPINCOUNT`` / ``OMP_WAIT_POLICY``: when either is set, the spin count is left to them.
 """
 
@@ -45,8 +48,9 @@ __all__ = [
 
 ENV_VAR = "GAAF_THREADS"
 # GNU libgomp spins for this many iterations before sleeping (its default: 300 000). Chosen from
-# benchmarks/threads.py: quiet epoch as fast as the default, busy epoch near the passive policy.
-DEFAULT_SPIN_COUNT = 10_000
+# benchmarks/threads.py: the idle epoch as fast as the default's, the busy one half as long; 10 000
+# is no faster busy, 1000-3000 and passive cost the idle epoch 1.6-1.9x (docs/results/threads.md).
+DEFAULT_SPIN_COUNT = 30_000
 _SPIN_VARIABLES = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
 
 
@@ -70,7 +74,7 @@ class ThreadPolicy:
     cores: int | None = None
 
     def describe(self) -> str:
-        """One line for a run's header, e.g. ``threads: 2 (OpenMP spin 10000, GAAF_THREADS=auto)``."""
+        """One line for a run's header, e.g. ``threads: 2 (OpenMP spin 30000, GAAF_THREADS=auto, load 0.2 on 2 cores)``."""
         if self.threads is None:
             return f"threads: torch's defaults ({ENV_VAR}=off)"
         if self.spin_count is not None:

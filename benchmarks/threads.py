@@ -60,7 +60,6 @@ POLICIES: dict[str, dict[str, str]] = {
     "spin 3000": {"GOMP_SPINCOUNT": "3000"},
     "spin 10000": {"GOMP_SPINCOUNT": "10000"},
     "spin 30000": {"GOMP_SPINCOUNT": "30000"},
-    "1 thread, spin 30000": {"OMP_NUM_THREADS": "1", "GOMP_SPINCOUNT": "30000"},
     "spin 100000": {"GOMP_SPINCOUNT": "100000"},
     "policy": {},  # lightning_gaaf.run.threads.choose_thread_policy(), as the programs apply it
 }
@@ -288,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown policies {unknown}; known: {', '.join(POLICIES)}")
     # SIGTERM ends the run like Ctrl-C does: through the finally blocks that stop every child.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with Ctrl-C ignored
     measure(args, names)
 
 

@@ -239,7 +239,8 @@ def threads_for_load(cores: int, load: float) -> int:
     Why: a team of OpenMP threads is as slow as its slowest member; on a core that another busy
     process wants, a member gets half the time and the rest of the team waits. One thread per free
     core keeps the team off those (two busy processes on two cores: one thread, 4-6 s an epoch
-    instead of 14-15 s with two; docs/results/threads.md).
+    instead of 12-15 s with two; docs/results/threads.md). The load average counts every runnable
+    process alike, low-priority (niced) ones included.
     """
     return max(1, min(cores, cores - math.floor(load)))
 

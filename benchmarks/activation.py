@@ -48,6 +48,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import _thread_policy  # first: torch's OpenMP runtime reads the thread policy at load
 import torch
 import torch.nn.functional as F
 from _checkout import check_checkout
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         args.rounds, args.mlp_rounds = 5, 5
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {_cpu_name()}")
+    print(f"torch {torch.__version__}, {_thread_policy.POLICY.describe()}, CPU: {_cpu_name()}")
     print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, load average {load:.2f}")
     start = time.perf_counter()
     rows = bench_activations(args.rounds) + bench_mlp(args.mlp_rounds) + bench_compiled_mlp(args.mlp_rounds)

@@ -36,6 +36,7 @@ import tempfile
 import time
 import warnings
 
+import _thread_policy  # first: torch's OpenMP runtime reads the thread policy at load
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"command: python {' '.join(sys.argv)}")
     print(
-        f"torch {torch.__version__}, pytorch-lightning {pl.__version__}, threads {torch.get_num_threads()}, "
+        f"torch {torch.__version__}, pytorch-lightning {pl.__version__}, {_thread_policy.POLICY.describe()}, "
         f"{platform.processor() or platform.machine()}"
     )
     print(

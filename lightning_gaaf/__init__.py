@@ -7,9 +7,40 @@ stay plain and get GAAF through :func:`apply_gaaf` or the :class:`GAAFCallback`.
 libraries are taught with :func:`register_activation`; kernels are chosen with :func:`set_backend`.
 """
 
-from lightning_gaaf.activations import GAAF, gaaf, register_activation, set_backend
-from lightning_gaaf.callback import GAAFCallback
-from lightning_gaaf.surgery import apply_gaaf, strip_gaaf
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lightning_gaaf.activations import GAAF, gaaf, register_activation, set_backend
+    from lightning_gaaf.callback import GAAFCallback
+    from lightning_gaaf.surgery import apply_gaaf, strip_gaaf
 
 __all__ = ["GAAF", "GAAFCallback", "apply_gaaf", "gaaf", "register_activation", "set_backend", "strip_gaaf"]
 __version__ = "0.1.0"
+
+# The public names load on first use, so that ``import lightning_gaaf.run.threads`` (which a
+# program runs before torch, to set torch's OpenMP environment) does not import torch.
+_HOMES = {
+    "GAAF": "lightning_gaaf.activations",
+    "gaaf": "lightning_gaaf.activations",
+    "register_activation": "lightning_gaaf.activations",
+    "set_backend": "lightning_gaaf.activations",
+    "GAAFCallback": "lightning_gaaf.callback",
+    "apply_gaaf": "lightning_gaaf.surgery",
+    "strip_gaaf": "lightning_gaaf.surgery",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -137,6 +137,7 @@ def main() -> None:
             where = subprocess.run(
                 [sys.executable, "-c", "import lightning_gaaf; print(lightning_gaaf.__file__)"],
                 env=environment(c),
+                cwd=root,  # not this directory: ``-c`` puts the working directory first on sys.path
                 capture_output=True,
                 text=True,
             ).stdout.strip()

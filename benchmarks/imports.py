@@ -4,7 +4,7 @@ Every command runs in a fresh interpreter with ``PYTHONPATH=<checkout>`` (so the
 of that checkout is imported, whatever is installed); the console scripts run through their
 ``module:function`` read from that checkout's pyproject.toml. Rounds are interleaved (every command
 of every checkout once per round), so a machine whose load drifts slows all of them alike; the
-first round warms the file cache and is not counted. Printed per command: min and median wall time,
+first round (``--warmup``) warms the file cache and is not counted. Printed per command: min and median wall time,
 and the median's difference to and ratio over ``import torch`` of the same checkout; with several
 ``--checkout`` the last table compares each checkout's medians with the first one's.
 
@@ -12,7 +12,8 @@ and the median's difference to and ratio over ``import torch`` of the same check
 3-epoch ``stats/metrics.json``). ``--importtime LABEL`` adds, per checkout, the top-level packages
 that command imports ranked by cumulative import time (``python -X importtime``).
 
-Usage: ``python benchmarks/imports.py [--repeats 5] [--checkout DIR ...] [--importtime "gaaf-report --help"]``
+Usage: ``python benchmarks/imports.py [--repeats 5] [--warmup 1] [--checkout DIR ...] [--only TEXT ...]
+[--importtime "gaaf-report --help"]``
 (``--checkout`` defaults to this script's checkout; give another checkout first to compare with it).
 """
 
@@ -123,6 +124,13 @@ def main() -> None:
     parser.add_argument(
         "--checkout", type=Path, action="append", help="repository checkout to time (repeatable)"
     )
+    parser.add_argument("--warmup", type=int, default=1, help="rounds run first and not counted")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="TEXT",
+        help="time only the commands whose label contains one of these (import torch always)",
+    )
     parser.add_argument("--importtime", metavar="LABEL", help="also rank the imports of this command")
     args = parser.parse_args()
     checkouts = [c.resolve() for c in (args.checkout or [HERE])]
@@ -132,7 +140,11 @@ def main() -> None:
         root = Path(tmp)
         run_dir = make_run_dir(root)
         plans = {c: commands(c, run_dir, root / f"report_{i}") for i, c in enumerate(checkouts)}
-        labels = list(plans[checkouts[0]])
+        labels = [
+            label
+            for label in plans[checkouts[0]]
+            if label == TORCH or not args.only or any(text in label for text in args.only)
+        ]
         for c in checkouts:
             where = subprocess.run(
                 [sys.executable, "-c", "import lightning_gaaf; print(lightning_gaaf.__file__)"],
@@ -146,16 +158,18 @@ def main() -> None:
 
         times: dict[tuple[str, Path], list[float]] = {}
         codes: dict[tuple[str, Path], int] = {}
-        for round_ in range(args.repeats + 1):
+        for round_ in range(args.warmup + args.repeats):
             for label in labels:
                 for c in checkouts:
                     seconds, code = run_once(plans[c][label], c, root)
                     codes[label, c] = code
-                    if round_ > 0:
+                    if round_ >= args.warmup:
                         times.setdefault((label, c), []).append(seconds)
-            print(f"round {round_}/{args.repeats} done", file=sys.stderr, flush=True)
+            print(f"round {round_ + 1}/{args.warmup + args.repeats} done", file=sys.stderr, flush=True)
 
-        print(f"\n{args.repeats} rounds; seconds; Δ and × against `import torch` of the same checkout")
+        print(
+            f"\n{args.repeats} rounds (+{args.warmup} warm-up); seconds; Δ and × against `import torch` of the same checkout"
+        )
         print(f"| command | checkout | min | median | Δ torch | × torch | exit |\n|{'---|' * 7}")
         for label in labels:
             for c in checkouts:

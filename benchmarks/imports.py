@@ -10,7 +10,8 @@ and the median's difference to and ratio over ``import torch`` of the same check
 
 ``gaaf-report RUN_DIR`` draws a tiny run directory made here with the stats schema writer (a
 3-epoch ``stats/metrics.json``). ``--importtime LABEL`` adds, per checkout, the top-level packages
-that command imports ranked by cumulative import time (``python -X importtime``).
+that command imports ranked by their modules' import time (``python -X importtime``); with
+``--repeats 0`` only that is printed.
 
 Usage: ``python benchmarks/imports.py [--repeats 5] [--warmup 1] [--checkout DIR ...] [--only TEXT ...]
 [--importtime "gaaf-report --help"]``
@@ -98,7 +99,11 @@ def run_once(argv: list[str], checkout: Path, cwd: Path) -> tuple[float, int]:
 
 
 def importtime(argv: list[str], checkout: Path, cwd: Path, top: int = 12) -> list[tuple[str, float]]:
-    """Top-level packages imported by ``argv``, by cumulative import time in seconds."""
+    """Top-level packages imported by ``argv``, by their modules' own import time summed (seconds).
+
+    Self times, not cumulative ones: a library imported from inside ``lightning_gaaf`` is charged
+    to itself, not to its importer.
+    """
     done = subprocess.run(
         [sys.executable, "-X", "importtime", *argv],
         env=environment(checkout),
@@ -108,13 +113,13 @@ def importtime(argv: list[str], checkout: Path, cwd: Path, top: int = 12) -> lis
     )
     totals: dict[str, float] = {}
     for line in done.stderr.splitlines():
-        if not line.startswith("import time:") or "|" not in line:
+        if not line.startswith("import time:") or line.count("|") != 2:
             continue
-        _, cumulative, name = line.split("|")
-        if name.startswith("  ") or not cumulative.strip().isdigit():
-            continue  # nested imports are inside their importer's cumulative time
+        own, _, name = line.removeprefix("import time:").split("|")
+        if not own.strip().isdigit():
+            continue  # the header line
         package = name.strip().partition(".")[0]
-        totals[package] = totals.get(package, 0.0) + int(cumulative) / 1e6
+        totals[package] = totals.get(package, 0.0) + int(own) / 1e6
     return sorted(totals.items(), key=lambda kv: -kv[1])[:top]
 
 
@@ -171,7 +176,7 @@ def main() -> None:
             f"\n{args.repeats} rounds (+{args.warmup} warm-up); seconds; Δ and × against `import torch` of the same checkout"
         )
         print(f"| command | checkout | min | median | Δ torch | × torch | exit |\n|{'---|' * 7}")
-        for label in labels:
+        for label in labels if args.repeats else []:
             for c in checkouts:
                 runs = times[label, c]
                 torch_median = statistics.median(times[TORCH, c])
@@ -180,7 +185,7 @@ def main() -> None:
                     f"| `{label}` | {c.name} | {min(runs):.2f} | {median:.2f} | "
                     f"{median - torch_median:+.2f} | {median / torch_median:.2f} | {codes[label, c]} |"
                 )
-        if len(checkouts) > 1:
+        if len(checkouts) > 1 and args.repeats:
             first = checkouts[0]
             print(f"\nmedian time relative to {first.name}")
             print(f"| command | {' | '.join(names[1:])} |\n|{'---|' * len(checkouts)}")
@@ -190,7 +195,7 @@ def main() -> None:
                 print(f"| `{label}` | {' | '.join(ratios)} |")
         if args.importtime:
             for c in checkouts:
-                print(f"\n`{args.importtime}` on {c.name}: top-level imports by cumulative time (s)")
+                print(f"\n`{args.importtime}` on {c.name}: import time per top-level package (s)")
                 for package, seconds in importtime(plans[c][args.importtime], c, root):
                     print(f"  {package:40s} {seconds:6.2f}")
 

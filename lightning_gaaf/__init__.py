@@ -5,10 +5,6 @@ value moves by less than ``0.5/K`` while the backward pass gains ``s(x)``, pushi
 activation's saturation area. One implementation lives in :mod:`lightning_gaaf.activations`; models
 stay plain and get GAAF through :func:`apply_gaaf` or the :class:`GAAFCallback`. Activations of other
 libraries are taught with :func:`register_activation`; kernels are chosen with :func:`set_backend`.
-
-The names below are loaded on first access (PEP 562), so each costs only what it uses:
-``from lightning_gaaf import GAAF, apply_gaaf`` imports torch but not Lightning, ``GAAFCallback``
-imports Lightning, and ``gaaf-report`` (which imports this package) imports neither.
 """
 
 from __future__ import annotations
@@ -24,27 +20,27 @@ if TYPE_CHECKING:
 __all__ = ["GAAF", "GAAFCallback", "apply_gaaf", "gaaf", "register_activation", "set_backend", "strip_gaaf"]
 __version__ = "0.1.0"
 
-#: public name -> the submodule that defines it (imported on first access)
-_SOURCES: dict[str, str] = {
+# The public names load on first use, so that ``import lightning_gaaf.run.threads`` (which a
+# program runs before torch, to set torch's OpenMP environment) does not import torch.
+_HOMES = {
     "GAAF": "lightning_gaaf.activations",
     "gaaf": "lightning_gaaf.activations",
     "register_activation": "lightning_gaaf.activations",
     "set_backend": "lightning_gaaf.activations",
+    "GAAFCallback": "lightning_gaaf.callback",
     "apply_gaaf": "lightning_gaaf.surgery",
     "strip_gaaf": "lightning_gaaf.surgery",
-    "GAAFCallback": "lightning_gaaf.callback",
 }
 
 
 def __getattr__(name: str) -> Any:
-    """Import the submodule behind a public name on first access, then keep the name here."""
-    source = _SOURCES.get(name)
-    if source is None:
+    home = _HOMES.get(name)
+    if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(source), name)
+    value = getattr(importlib.import_module(home), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted([*globals(), *__all__])

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lightning_gaaf import GAAF
-from lightning_gaaf.activations import backends, get_backend, set_backend, set_compile, use_backend
+from lightning_gaaf.activations import backends, get_backend, set_backend, use_backend
 from lightning_gaaf.activations.backends import native
 from lightning_gaaf.activations.function import gaaf_backward, gaaf_forward
 
@@ -120,8 +120,7 @@ def test_torch_export_keeps_the_gaaf_op():
 @pytest.fixture
 def fresh_env(monkeypatch):
     """Environment switches are read once per process: re-read them inside the test, restore after."""
-    for name in ("GAAF_BACKEND", "GAAF_COMPILE", "GAAF_NATIVE"):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("GAAF_BACKEND", raising=False)
     backends._env_backend.cache_clear()
     previous = backends._OVERRIDE
     set_backend(None)
@@ -142,17 +141,7 @@ def test_gaaf_backend_environment_variable(fresh_env):
         get_backend()
 
 
-@pytest.mark.parametrize(("variable", "expected"), [("GAAF_COMPILE", "eager"), ("GAAF_NATIVE", "compile")])
-def test_old_environment_switches_still_work_and_warn(fresh_env, variable, expected):
-    fresh_env.setenv(variable, "0")
-    with pytest.warns(DeprecationWarning, match=f"{variable}=0 is deprecated: use GAAF_BACKEND={expected}"):
-        assert get_backend() == expected
-    fresh_env.setenv("GAAF_BACKEND", "auto")  # the new switch wins
-    backends._env_backend.cache_clear()
-    assert get_backend() == "auto"
-
-
-def test_set_backend_and_the_deprecated_setters(fresh_env):
+def test_set_backend_and_use_backend(fresh_env):
     set_backend("eager")
     assert get_backend() == "eager"
     with use_backend("native"):
@@ -160,12 +149,7 @@ def test_set_backend_and_the_deprecated_setters(fresh_env):
     assert get_backend() == "eager"
     with pytest.raises(ValueError, match="set_backend: unknown GAAF backend 'gpu'"):
         set_backend("gpu")
-    with pytest.warns(DeprecationWarning, match="set_compile is deprecated"):
-        set_compile(True)
-    assert get_backend() == "auto"
-    with pytest.warns(DeprecationWarning, match="set_native is deprecated"):
-        native.set_native(False)
+    set_backend(None)  # back to GAAF_BACKEND
+    fresh_env.setenv("GAAF_BACKEND", "compile")
+    backends._env_backend.cache_clear()
     assert get_backend() == "compile"
-    with pytest.warns(DeprecationWarning):
-        set_compile(None)
-    assert get_backend() == "auto"

@@ -15,20 +15,16 @@ moves by at most ``0.5/K * |s(x)|`` while the backward pass returns ``phi'(x) + 
 
 from __future__ import annotations
 
-import warnings
-
-from lightning_gaaf._deprecation import renamed_attributes
+from lightning_gaaf.activations import catalog  # noqa: F401  (puts the built-in table in CATALOG)
 from lightning_gaaf.activations.backends import BACKENDS, get_backend, set_backend, use_backend
-from lightning_gaaf.activations.catalog import (
+from lightning_gaaf.activations.function import GAAF, default_shape_for, gaaf
+from lightning_gaaf.activations.registry import (
     CATALOG,
-    ActivationSpec,
     activation_classes,
-    activation_factories,
     activation_from_name,
     register_activation,
     unregister_activation,
 )
-from lightning_gaaf.activations.function import GAAF, default_shape_for, gaaf
 from lightning_gaaf.activations.sawtooth import DEFAULT_K, sawtooth
 from lightning_gaaf.activations.shapes import (
     SHAPES,
@@ -40,6 +36,7 @@ from lightning_gaaf.activations.shapes import (
     make_shape,
     register_shape,
 )
+from lightning_gaaf.activations.spec import ActivationSpec
 
 __all__ = [
     "BACKENDS",
@@ -66,35 +63,3 @@ __all__ = [
     "unregister_activation",
     "use_backend",
 ]
-
-
-def set_compile(enabled: bool | None) -> None:
-    """Deprecated: ``set_backend("auto" | "eager" | None)``."""
-    warnings.warn(
-        "set_compile is deprecated: use lightning_gaaf.activations.set_backend('auto'/'eager'/None)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    set_backend(None if enabled is None else "auto" if enabled else "eager")
-
-
-def compile_enabled() -> bool:
-    """Deprecated: whether the backend in force uses compiled kernels (``get_backend() != "eager"``)."""
-    warnings.warn("compile_enabled is deprecated: use get_backend()", DeprecationWarning, stacklevel=2)
-    return get_backend() != "eager"
-
-
-#: Old names, derived from the catalogue (deprecated).
-__getattr__ = renamed_attributes(
-    __name__,
-    {
-        "SUPPORTED_ACTIVATIONS": (
-            activation_classes,
-            "SUPPORTED_ACTIVATIONS is deprecated: use lightning_gaaf.activations.activation_classes()",
-        ),
-        "ACTIVATIONS": (
-            activation_factories,
-            "ACTIVATIONS is deprecated: use CATALOG and activation_from_name(name)",
-        ),
-    },
-)

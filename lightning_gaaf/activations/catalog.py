@@ -2,15 +2,14 @@
 
 Each :class:`ActivationSpec` (:mod:`~lightning_gaaf.activations.spec`) holds the name, the module
 classes that compute it (torch's, and the classes of timm and Hugging Face transformers, named as
-strings and resolved only once that library has been imported by the user: nothing here imports
+strings and resolved only once their module has been imported by the user: nothing here imports
 them), its functional forms, ``phi`` and ``phi'``, the default shape, and the row of the native C
 kernel table. Surgery (modules, function attributes, fx functional calls), the models' activation
 names, the kernels and ``docs/activations.md`` all read this table; nothing else in the package
 lists activations.
 
 The lookups and registration that read the table live in :mod:`~lightning_gaaf.activations.registry`,
-the longer formulas in :mod:`~lightning_gaaf.activations.derivatives`; every public name of those
-modules that this one used to define is importable from here as well.
+the longer formulas in :mod:`~lightning_gaaf.activations.derivatives`.
 
 Adding an activation is one :func:`register_activation` call (or one entry in ``_BUILTIN`` below),
 plus a C kernel row where a native kernel is wanted.
@@ -27,41 +26,10 @@ from torch import nn
 
 from lightning_gaaf.activations import derivatives as D  # phi', float32 forms
 from lightning_gaaf.activations.derivatives import QuickGELU
-from lightning_gaaf.activations.registry import (
-    CATALOG,
-    activation_classes,
-    activation_factories,
-    activation_from_name,
-    functional_words,
-    install_builtin,
-    match_call,
-    match_function,
-    match_module,
-    register_activation,
-    spec_by_name,
-    unregister_activation,
-)
-from lightning_gaaf.activations.spec import ActivationSpec, BoundActivation, Match, Params, call_args
+from lightning_gaaf.activations.registry import install_builtin
+from lightning_gaaf.activations.spec import ActivationSpec, Params, call_args
 
-__all__ = [
-    "CATALOG",
-    "ActivationSpec",
-    "BoundActivation",
-    "Match",
-    "Params",
-    "QuickGELU",
-    "activation_classes",
-    "activation_factories",
-    "activation_from_name",
-    "functional_words",
-    "markdown_table",
-    "match_call",
-    "match_function",
-    "match_module",
-    "register_activation",
-    "spec_by_name",
-    "unregister_activation",
-]
+__all__ = ["markdown_table"]
 
 
 def _gelu_params(approximate: str) -> Callable[[nn.Module], Params | None]:
@@ -255,7 +223,7 @@ def markdown_table() -> str:
         prefixes = {"torch.nn.functional": "F.", "torch._C._nn": "F.", "torch": "torch."}
         prefix = "nn." if module.startswith("torch.nn.modules") else prefixes.get(module, "")
         if module.startswith("lightning_gaaf"):
-            prefix = "lightning_gaaf.activations.catalog."
+            prefix = module + "."
         return f"`{prefix}{ref.__name__}`"
 
     lines = [

@@ -24,9 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from lightning_gaaf.activations.backends import Kernels, kernels_for
-from lightning_gaaf.activations.catalog import CATALOG, BoundActivation, activation_from_name, match_module
+from lightning_gaaf.activations.registry import CATALOG, activation_from_name, match_module
 from lightning_gaaf.activations.sawtooth import DEFAULT_K, check_k
 from lightning_gaaf.activations.shapes import SHAPES, Shape, make_shape
+from lightning_gaaf.activations.spec import BoundActivation
 
 __all__ = ["GAAF", "default_shape_for", "gaaf"]
 

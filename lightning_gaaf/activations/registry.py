@@ -22,7 +22,6 @@ from lightning_gaaf.activations.spec import ActivationSpec, Match, Params, resol
 __all__ = [
     "CATALOG",
     "activation_classes",
-    "activation_factories",
     "activation_from_name",
     "functional_words",
     "install_builtin",
@@ -61,11 +60,6 @@ def activation_from_name(name: str) -> nn.Module:
     """A fresh plain activation module for a catalogue name such as ``"tanh"`` or ``"leaky_relu"``."""
     spec = spec_by_name(name)
     return spec.build(*spec.defaults)
-
-
-def activation_factories() -> dict[str, Callable[[], nn.Module]]:
-    """Catalogue name -> a factory of a fresh module (the layout of the former ``ACTIVATIONS`` tables)."""
-    return {name: functools.partial(activation_from_name, name) for name in CATALOG}
 
 
 def _qualname(obj: Any) -> str:

@@ -3,12 +3,11 @@
 An entry names a base activation ``phi`` and everything GAAF needs to know about it; the entries
 themselves are listed in :mod:`~lightning_gaaf.activations.catalog`, the lookups that read them live
 in :mod:`~lightning_gaaf.activations.registry`. Classes and functions of other libraries are named
-as strings and resolved by :func:`resolve_ref` only once that library has been imported by the user.
+as strings and resolved by :func:`resolve_ref` only once their module has been imported by the user.
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,16 +38,17 @@ def call_args(*names_defaults: tuple[str, Any]) -> Callable[[tuple, dict], Param
 
 
 def resolve_ref(ref: type | Callable | str) -> Any:
-    """A class/function, or ``"package.module:attr"`` once ``package`` is imported (else None)."""
+    """A class/function, or ``"package.module:attr"`` once that module is imported (else None).
+
+    Never imports: an instance of a class (or a reference to a function) can only exist once its
+    defining module is imported, and importing one can cost seconds (``transformers.activations``
+    pulls in most of ``transformers`` even when only its lazy top-level package is loaded).
+    """
     if not isinstance(ref, str) or ":" not in ref:
         return ref
     module_name, _, attr = ref.partition(":")
-    if module_name.partition(".")[0] not in sys.modules:
-        return None  # that library is not in use: never import it here
-    try:
-        return getattr(importlib.import_module(module_name), attr, None)
-    except Exception:  # an old or broken version of the library: its classes are simply unknown
-        return None
+    module = sys.modules.get(module_name)
+    return None if module is None else getattr(module, attr, None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,7 +61,7 @@ class ActivationSpec:
         build: a plain module computing ``phi`` with the given parameters, ``build(*params)``.
         defaults: the parameters of the module that ``activation_from_name(name)`` builds.
         classes: module classes computing ``phi``; a string ``"package.module:Class"`` names a class
-            of another library, resolved only when ``package`` is already imported.
+            of another library, resolved only once ``package.module`` is imported.
         params_of: the parameters of a matched module, or None when this instance is not ``phi``
             (``nn.GELU(approximate="tanh")`` is not ``gelu``).
         functions: functional forms (``F.relu``); a string is a Tensor method name (``x.relu()``)

@@ -3,28 +3,30 @@
 ``gaaf-report RUN_DIR [RUN_DIR ...] --out DIR [--labels A B ...]`` reads ``<run_dir>/stats/``
 (the files of :data:`lightning_gaaf.stats.FILES`, whichever exist, also those of older versions)
 and writes one PNG per statistic into ``DIR``, each with one line or bar per run. No W&B access
-is needed.
+is needed. Neither torch nor Lightning is imported, and matplotlib only once there is something to
+draw, so ``--help`` and user mistakes answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_gaaf.stats import FILES, StatsFileError, find_stats_file, plots, read_stats
+from lightning_gaaf.stats import FILES, StatsFileError, find_stats_file, read_stats
 
-#: statistic -> (figure file, drawing function); the eval histogram's name follows its split.
-FIGURES: dict[str, tuple[str, Callable[[Sequence[plots.Run], Path], Path]]] = {
-    "metrics": ("metrics.png", plots.plot_metrics),
-    "grad_info": ("grad_info.png", plots.plot_grad_info),
-    "grad_scale": ("grad_scale.png", plots.plot_grad_scale),
-    "saturation": ("saturation.png", plots.plot_saturation),
-    "net_var": ("net_var.png", plots.plot_net_var),
-    "weight_hist": ("weight_hist.png", plots.plot_weight_hist),
-    "node_correlation": ("node_correlation.png", plots.plot_node_correlation),
+#: statistic -> (figure file, drawing function of :mod:`lightning_gaaf.stats.plots`); the eval
+#: histogram's name follows its split.
+FIGURES: dict[str, tuple[str, str]] = {
+    "metrics": ("metrics.png", "plot_metrics"),
+    "grad_info": ("grad_info.png", "plot_grad_info"),
+    "grad_scale": ("grad_scale.png", "plot_grad_scale"),
+    "saturation": ("saturation.png", "plot_saturation"),
+    "net_var": ("net_var.png", "plot_net_var"),
+    "weight_hist": ("weight_hist.png", "plot_weight_hist"),
+    "node_correlation": ("node_correlation.png", "plot_node_correlation"),
 }
 
 
@@ -86,6 +88,8 @@ def make_report(run_dirs: Sequence[Path], out: Path, labels: Sequence[str] | Non
     dirs = [Path(d) for d in run_dirs]
     names = run_labels(dirs, labels)
     stats_dirs = [stats_dir_of(d) for d in dirs]
+    from lightning_gaaf.stats import plots  # matplotlib: only once the arguments are good
+
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for statistic, (figure, draw) in FIGURES.items():
@@ -97,7 +101,7 @@ def make_report(run_dirs: Sequence[Path], out: Path, labels: Sequence[str] | Non
         if not runs:
             continue
         if any(_has_series(statistic, stats) for _, stats in runs):
-            written.append(draw(runs, out / figure))
+            written.append(getattr(plots, draw)(runs, out / figure))
         if statistic == "saturation":
             with_eval = [(label, s) for label, s in runs if s.get("eval")]
             if with_eval:

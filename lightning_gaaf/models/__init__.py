@@ -20,12 +20,3 @@ __all__ = [
     "SmallCNN",
     "make_activation",
 ]
-
-
-def __getattr__(name: str) -> object:
-    """``ACTIVATIONS``: deprecated, the names are the catalogue's (``lightning_gaaf.activations.CATALOG``)."""
-    if name == "ACTIVATIONS":
-        from lightning_gaaf.models import registry
-
-        return registry.__getattr__(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

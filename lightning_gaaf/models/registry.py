@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from lightning_gaaf._deprecation import renamed_attributes
-from lightning_gaaf.activations.catalog import activation_factories, activation_from_name, spec_by_name
+from lightning_gaaf.activations import activation_from_name
+from lightning_gaaf.activations.registry import spec_by_name
 
 __all__ = ["check_activation", "make_activation"]
 
@@ -28,14 +28,3 @@ def check_activation(name: str, field: str = "activation") -> str:
 def make_activation(name: str) -> nn.Module:
     """Build a fresh, non-inplace activation module from its catalogue name (e.g. ``"tanh"``)."""
     return activation_from_name(check_activation(name))
-
-
-__getattr__ = renamed_attributes(
-    __name__,
-    {
-        "ACTIVATIONS": (
-            activation_factories,
-            "lightning_gaaf.models.ACTIVATIONS is deprecated: use lightning_gaaf.activations.CATALOG",
-        )
-    },
-)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from torch import Tensor, nn
 
 from lightning_gaaf.activations import DEFAULT_K, GAAF, Shape, make_shape
-from lightning_gaaf.activations.catalog import match_function, match_module
+from lightning_gaaf.activations.registry import match_function, match_module
 from lightning_gaaf.activations.sawtooth import check_k
 from lightning_gaaf.surgery.functional import rewrite_functional
 from lightning_gaaf.surgery.policy import Policy, PolicyMapping, as_policy

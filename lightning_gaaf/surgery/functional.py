@@ -14,7 +14,7 @@ import torch.fx
 from torch import nn
 
 from lightning_gaaf.activations import GAAF
-from lightning_gaaf.activations.catalog import functional_words, match_call
+from lightning_gaaf.activations.registry import functional_words, match_call
 from lightning_gaaf.surgery.report import GAAFReport, Replacement
 from lightning_gaaf.surgery.selection import Chooser
 

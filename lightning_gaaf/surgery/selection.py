@@ -14,7 +14,8 @@ from typing import NamedTuple
 from torch import nn
 
 from lightning_gaaf.activations import DEFAULT_K, GAAF
-from lightning_gaaf.activations.catalog import CATALOG, Match, activation_classes
+from lightning_gaaf.activations.registry import CATALOG, activation_classes
+from lightning_gaaf.activations.spec import Match
 from lightning_gaaf.surgery.policy import POLICY_KEYS
 from lightning_gaaf.surgery.report import GAAFReport
 

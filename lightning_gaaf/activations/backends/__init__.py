@@ -7,9 +7,7 @@
 * ``eager``: the reference math in plain torch ops only (no compiler involved).
 
 ``GAAF_BACKEND`` is read once per process, at the first GAAF call; :func:`set_backend` changes it
-at run time and :func:`use_backend` for a ``with`` block. The old switches ``GAAF_COMPILE=0``
-(= ``eager``), ``GAAF_NATIVE=0`` (= ``compile``), ``set_compile`` and ``set_native`` still work for
-one release and warn (DeprecationWarning).
+at run time and :func:`use_backend` for a ``with`` block.
 """
 
 from __future__ import annotations
@@ -66,20 +64,7 @@ def use_backend(name: str | None) -> Iterator[None]:
 @functools.cache
 def _env_backend() -> str:
     value = os.environ.get("GAAF_BACKEND", "").strip().lower()
-    if value:
-        return _check(value, "GAAF_BACKEND")
-    off = ("0", "false", "no", "off")
-    if os.environ.get("GAAF_COMPILE", "1").strip().lower() in off:
-        warnings.warn(
-            "GAAF_COMPILE=0 is deprecated: use GAAF_BACKEND=eager", DeprecationWarning, stacklevel=3
-        )
-        return "eager"
-    if os.environ.get("GAAF_NATIVE", "1").strip().lower() in off:
-        warnings.warn(
-            "GAAF_NATIVE=0 is deprecated: use GAAF_BACKEND=compile", DeprecationWarning, stacklevel=3
-        )
-        return "compile"
-    return "auto"
+    return _check(value, "GAAF_BACKEND") if value else "auto"
 
 
 def get_backend() -> str:

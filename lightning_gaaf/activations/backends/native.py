@@ -43,7 +43,6 @@ __all__ = [
     "load_library",
     "loaded_openmp_runtimes",
     "native_enabled",
-    "set_native",
     "table_size",
 ]
 
@@ -53,18 +52,6 @@ _LOCK = threading.Lock()
 _LIBRARY: ctypes.CDLL | None = None
 _LOAD_FAILED = False
 _P = ctypes.c_void_p
-
-
-def set_native(enabled: bool | None) -> None:
-    """Deprecated: ``set_backend("native" | "compile" | None)`` (:mod:`lightning_gaaf.activations`)."""
-    from lightning_gaaf.activations.backends import set_backend
-
-    warnings.warn(
-        "set_native is deprecated: use lightning_gaaf.activations.set_backend('native'/'compile'/None)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    set_backend(None if enabled is None else "native" if enabled else "compile")
 
 
 def native_enabled() -> bool:

@@ -16,15 +16,10 @@ from torch import nn
 
 from lightning_gaaf import GAAFCallback
 from lightning_gaaf.callbacks import GradInfoMonitor, GradScaleMonitor, NetVarMonitor, SaturationMonitor
-from lightning_gaaf.cli.fit import (
-    RUN_DIR_ENV,
-    GaafCLI,
-    UsageError,
-    config_name,
-    expand_config_args,
-    main,
-    next_run_dir,
-)
+from lightning_gaaf.cli.fit import main
+from lightning_gaaf.run.builder import GaafCLI
+from lightning_gaaf.run.composition import UsageError, config_name, expand_config_args
+from lightning_gaaf.run.directory import RUN_DIR_ENV, next_run_dir
 from lightning_gaaf.datamodules import (
     CIFAR10DataModule,
     CIFAR100DataModule,

@@ -12,7 +12,7 @@ import torch
 import yaml
 from _cli_helpers import REPO, TINY, fit_env, history, run_fit, wandb_records
 
-from lightning_gaaf.cli.bundled import ConfigNotFoundError, bundled_configs, configs_dir, resolve_config
+from lightning_gaaf.run.bundled import ConfigNotFoundError, bundled_configs, configs_dir, resolve_config
 from lightning_gaaf.cli.fit import main
 
 PAPER_CONFIGS = 15

@@ -26,7 +26,8 @@ from _cli_helpers import CONFIGS, fit_command, fit_env, run_fit, tiny
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_gaaf.cli.fit import main
-from lightning_gaaf.cli.run_control import StopSignals, exit_code, resolve_checkpoint, run_dir_of_checkpoint
+from lightning_gaaf.run.resume import resolve_checkpoint, run_dir_of_checkpoint
+from lightning_gaaf.run.signals import StopSignals, exit_code
 from lightning_gaaf.datamodules import EpochSampler, ResumableDataLoader
 from lightning_gaaf.datamodules.synthetic import write_mnist
 

@@ -20,9 +20,9 @@ import pytest
 import yaml
 from _cli_helpers import CONFIGS, TINY, fit_env, history, run_fit, run_meta, wandb_records
 
-from lightning_gaaf.cli.search_space import SearchSpaceError, load_space, nested, overrides_yaml
-from lightning_gaaf.cli.tune import fail_interrupted_trials
-from lightning_gaaf.cli.tune_pruning import PrunerSpecError, make_pruner, open_storage
+from lightning_gaaf.cli.tune.search_space import SearchSpaceError, load_space, nested, overrides_yaml
+from lightning_gaaf.cli.tune.study import fail_interrupted_trials
+from lightning_gaaf.cli.tune.storage import PrunerSpecError, make_pruner, open_storage
 from lightning_gaaf.datamodules.synthetic import write_mnist
 
 BASE = str(CONFIGS / "mnist_base.yaml")
@@ -288,7 +288,7 @@ def test_sigterm_fails_the_running_trial_and_stops_the_worker(tmp_path, data_dir
 
 
 def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
-    from lightning_gaaf.cli import tune
+    from lightning_gaaf.cli.tune import main as tune
 
     cases = [
         (["no_such_config"], "config 'no_such_config': no such file"),

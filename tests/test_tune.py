@@ -21,8 +21,8 @@ import yaml
 from _cli_helpers import CONFIGS, TINY, fit_env, history, run_fit, run_meta, wandb_records
 
 from lightning_gaaf.cli.tune.search_space import SearchSpaceError, load_space, nested, overrides_yaml
-from lightning_gaaf.cli.tune.study import fail_interrupted_trials
 from lightning_gaaf.cli.tune.storage import PrunerSpecError, make_pruner, open_storage
+from lightning_gaaf.cli.tune.study import fail_interrupted_trials
 from lightning_gaaf.datamodules.synthetic import write_mnist
 
 BASE = str(CONFIGS / "mnist_base.yaml")

@@ -80,7 +80,7 @@ def main(args: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     if LIST_CONFIGS_FLAG in argv:
         print(format_config_list())
-        return
+        raise SystemExit(0)
     try:
         expand_config_args(argv)  # a config that does not exist: one line, before any heavy import
     except UsageError as exc:

@@ -84,7 +84,7 @@ def test_any_model_gets_the_defaults_and_a_best_checkpoint_by_the_rule(
     (best,) = [v for k, v in state.items() if k.startswith("BestCheckpoint")]
     assert (best["monitor"], best["mode"]) == (monitor, mode)
     if monitor is None:  # the latest epoch
-        assert result.best_checkpoint.name == "epoch=1-step=8.ckpt"
+        assert result.best_checkpoint.name == "epoch001.ckpt"
     else:
         chosen = result.best_epoch(monitor, "maximize" if mode == "max" else "minimize")
         assert best["best_model_score"].item() == pytest.approx(chosen[monitor])

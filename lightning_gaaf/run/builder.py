@@ -18,6 +18,7 @@ On top of LightningCLI (every override works: ``--trainer.max_epochs 3``, ``--mo
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
@@ -49,6 +50,7 @@ PROG = "gaaf-fit"
 DEFAULT_MODEL = "lightning_gaaf.models.ImageClassifier"
 #: The paper configs' shared settings, applied under every config (and alone with ``--model``).
 SHARED_DEFAULTS = "defaults/base.yaml"
+HELP_FLAGS = {"-h", "--help"}
 
 
 class GaafArgumentParser(LightningArgumentParser):
@@ -122,7 +124,6 @@ class GaafCLI(LightningCLI):
                 "description": "Train one configured experiment, then test its best checkpoint "
                 "(--list-configs lists the bundled configs).",
                 "allow_abbrev": False,
-                "default_config_files": [str(configs_dir() / SHARED_DEFAULTS)],
             },
         )
         kwargs.setdefault("trainer_defaults", {"logger": DEFAULT_LOGGER})
@@ -161,7 +162,11 @@ class GaafCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         argv = list(sys.argv[1:] if args is None else args)
         self.name = config_name(argv, default=PROG)
-        self.config = parser.parse_args(expand_config_args(argv))
+        # The paper configs' shared settings first: every config and model gets them, any config overrides.
+        expanded = expand_config_args(["--config", str(configs_dir() / SHARED_DEFAULTS), *argv])
+        if HELP_FLAGS & set(argv):
+            _configured_defaults(parser, [a for a in expanded if a not in HELP_FLAGS])
+        self.config = parser.parse_args(expanded)
 
     def before_instantiate_classes(self) -> None:
         _link_backbone_classes(self.config)
@@ -226,6 +231,22 @@ class GaafCLI(LightningCLI):
                 f"{key}={trainer_cfg.get(key)}" for key in ("accelerator", "devices", "strategy", "precision")
             )
             raise UsageError(f"trainer ({chosen}): {exc}") from exc
+
+
+def _configured_defaults(parser: LightningArgumentParser, argv: list[str]) -> None:
+    """Make the values ``argv`` (configs and overrides) give the parser's defaults, so ``--help`` shows them."""
+    try:
+        configured = parser.parse_args(argv)
+    except UsageError:
+        return  # the help is still useful without them; the mistake shows when the command runs
+    for key, value in configured.items():
+        top = key.split(".")[0]
+        if top in ("config", "run_dir", "ckpt_path"):
+            continue
+        if top in ("model", "data"):  # a class and its arguments: one value
+            key, value = top, configured[top]
+        with contextlib.suppress(KeyError, ValueError, TypeError):
+            parser.set_defaults({key: value})
 
 
 def _check_gaaf_unchanged(run_dir: Path, config: Namespace) -> None:

@@ -130,7 +130,9 @@ class BestCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, dirpath: str | Path) -> None:
-        super().__init__(dirpath=str(dirpath), save_top_k=1, auto_insert_metric_name=False)
+        super().__init__(
+            dirpath=str(dirpath), filename="epoch{epoch:03d}", save_top_k=1, auto_insert_metric_name=False
+        )
         self._decided = False
 
     @property

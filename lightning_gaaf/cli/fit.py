@@ -17,9 +17,11 @@ Listing configs and naming a config that does not exist import neither torch nor
 
 from __future__ import annotations
 
+import logging
 import shlex
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
@@ -71,6 +73,19 @@ def report(result: RunResult) -> None:
     sys.stdout.flush()
 
 
+class _StartupNoise(logging.Filter):
+    """Lightning's advertisement for another logger package: not about this run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def quiet_startup_noise() -> None:
+    """Hide messages that say nothing about the run (an advertisement, a library's own deprecation)."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_StartupNoise())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Parse ``args`` (default ``sys.argv[1:]``), fit, test the best checkpoint, print the run directory.
 
@@ -87,6 +102,7 @@ def main(args: Sequence[str] | None = None) -> None:
         fail(str(exc))
     from lightning_gaaf.run import fit_and_test
 
+    quiet_startup_noise()
     try:
         result = fit_and_test(argv)
     except UsageError as exc:

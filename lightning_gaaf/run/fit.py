@@ -54,7 +54,8 @@ def _test(trainer: Trainer, model: Any, data: Any) -> None:
         rank_zero_info("no test: the model has no test_step or the data no test_dataloader")
         return
     ckpt = trainer.checkpoint_callback
-    best = "best" if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path else None
+    # The file itself, not "best": Lightning would warn that several ModelCheckpoints exist (LastCheckpoint).
+    best = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path else None
     trainer.test(model, datamodule=data, ckpt_path=best)
 
 

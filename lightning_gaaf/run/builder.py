@@ -8,8 +8,9 @@ On top of LightningCLI (every override works: ``--trainer.max_epochs 3``, ``--mo
   mode; :class:`~lightning_gaaf.models.ImageClassifier` by default); the current directory is
   importable, as for a script. Every model gets the paper configs' shared defaults
   (``configs/defaults/base.yaml``: monitors, ``gaaf`` section) under whatever the configs say.
-* **num_classes** -- the DataModule's ``num_classes`` reaches the model through a LightningCLI argument
-  link (models without the argument are left alone) and the backbone of the model where it takes one.
+* **num_classes** -- the DataModule class's ``num_classes`` reaches the model through a LightningCLI
+  argument link at parse time (models without the argument are left alone), and the model's backbone
+  where it takes one (a nested link jsonargparse cannot express, done in :func:`_link_backbone_classes`).
 * **GAAF section** -- ``gaaf: {enabled: true, K: 10000, ...}`` adds a :class:`~lightning_gaaf.GAAFCallback`
   ahead of every other callback, so that monitors see the final modules.
 * **run values** -- the run directory, the W&B folder, name, mode and resumed id go into the copy the
@@ -63,8 +64,9 @@ class GaafArgumentParser(LightningArgumentParser):
 
 
 def _data_classes(data: Any) -> int | None:
-    """``num_classes`` of the instantiated DataModule (a class attribute of the bundled ones), if any."""
-    value = getattr(data, "num_classes", None)
+    """``num_classes`` of the configured DataModule class (a class attribute of the bundled ones), if any."""
+    cls = _import_class(data.get("class_path", "")) if isinstance(data, Namespace) else None
+    value = getattr(cls, "num_classes", None)
     return value if isinstance(value, int) else None
 
 
@@ -155,7 +157,8 @@ class GaafCLI(LightningCLI):
             "--gaaf.enabled", type=bool, default=False, help="Apply GAAF surgery with the options below."
         )
         parser.add_class_arguments(GAAFCallback, "gaaf", instantiate=False, fail_untyped=False)
-        parser.link_arguments("data", "model.init_args.num_classes", _data_classes, apply_on="instantiate")
+        # At parse time, from the DataModule's class: the saved config.yaml records the value.
+        parser.link_arguments("data", "model.init_args.num_classes", _data_classes, apply_on="parse")
         if self.subclass_mode_model:
             parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}})
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from _cli_helpers import CONFIGS, EXPERIMENTS, REPO
-from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 
@@ -26,6 +26,7 @@ from lightning_gaaf.datamodules import (
 )
 from lightning_gaaf.models import MLP, VGG, CosineAnnealing, SmallCNN
 from lightning_gaaf.run.builder import GaafCLI
+from lightning_gaaf.run.checkpoints import BEST_RULE, BestCheckpoint
 from lightning_gaaf.run.composition import UsageError, config_name, expand_config_args
 from lightning_gaaf.run.directory import RUN_DIR_ENV, next_run_dir
 
@@ -120,8 +121,10 @@ def test_config_is_small_names_its_paper_row_and_builds(path: Path, build, tmp_p
     run_dir = tmp_path / "run"
     assert trainer.default_root_dir == str(run_dir)
     ckpt = trainer.checkpoint_callback
-    assert isinstance(ckpt, ModelCheckpoint)
-    assert ckpt.dirpath == str(run_dir / "checkpoints") and ckpt.monitor == "val/acc" and ckpt.mode == "max"
+    # The best epoch on the first metric of BEST_RULE the model logs (ImageClassifier: val/acc, max),
+    # chosen at the first validation.
+    assert isinstance(ckpt, BestCheckpoint) and BEST_RULE[0] == ("val/acc", "max")
+    assert ckpt.dirpath == str(run_dir / "checkpoints") and ckpt.monitor is None
     logger = trainer.logger
     assert isinstance(logger, WandbLogger)
     assert logger._wandb_init["name"] == name and logger.save_dir == str(run_dir)

@@ -40,6 +40,18 @@ class GAAFCallback(pl.Callback):
 
     The report (count and names of replaced modules, K, shape) goes to every logger's
     hyper-parameters under ``gaaf/...``.
+
+    Args:
+        targets: activation names (``tanh``, ``relu``...), classes or class paths to replace; default
+            every activation of the catalogue.
+        include: glob pattern(s) on qualified module names that must match (default: all).
+        exclude: glob pattern(s) on qualified module names to leave alone.
+        K: sawtooth frequency of g(x); the forward value moves by less than 0.5/K.
+        shape: shape function s(x) (``gauss``, ``shifted_sigmoid``, ``one``); default the activation's own.
+        shape_kwargs: parameters of the shape function, e.g. ``{c: 3.0}`` for ``gauss``.
+        functional: also rewrite functional activation calls inside ``forward`` (torch.fx).
+        policy: per-layer options: ``{name glob: options or null}`` (first match wins) or the import path
+            of a callable ``(name, module) -> options | None``.
     """
 
     def __init__(

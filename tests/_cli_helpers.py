@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightning_gaaf.cli.fit import RUN_DIR_ENV
+from lightning_gaaf.run.directory import RUN_DIR_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

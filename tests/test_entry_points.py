@@ -12,8 +12,8 @@ import torch
 import yaml
 from _cli_helpers import REPO, TINY, fit_env, history, run_fit, wandb_records
 
-from lightning_gaaf.cli.bundled import ConfigNotFoundError, bundled_configs, configs_dir, resolve_config
 from lightning_gaaf.cli.fit import main
+from lightning_gaaf.run.bundled import ConfigNotFoundError, bundled_configs, configs_dir, resolve_config
 
 PAPER_CONFIGS = 15
 

@@ -8,7 +8,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from lightning_gaaf.cli.tune_report import plot_history
+from lightning_gaaf.cli.tune.outputs import plot_history
 from lightning_gaaf.stats import plots
 
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_gaaf.cli import reproduce
-from lightning_gaaf.cli.reproduce_tables import PAPER_NOTE, paired_difference
+from lightning_gaaf.cli.reproduce.tables import PAPER_NOTE, PAPER_TABLE4, paired_difference
 from lightning_gaaf.datamodules.synthetic import write_mnist
 from lightning_gaaf.stats import find_stats_file, read_stats
 
@@ -55,7 +54,7 @@ def test_quick_reproduction_writes_tables_json_and_figure(quick_run):
     assert results["wall_time_s"] > 0 and "gaaf-reproduce mnist --quick" in results["command"]
 
     table4 = (out / "table4.md").read_text()
-    for model, (acc, epochs) in reproduce.PAPER_TABLE4["mnist"].items():
+    for model, (acc, epochs) in PAPER_TABLE4["mnist"].items():
         row = next(line for line in table4.splitlines() if line.startswith(f"| {model} |"))
         assert f"{acc:.2f}" in row and f"| {epochs} |" in row
         ours = results["runs"][model][0]["test_acc"]

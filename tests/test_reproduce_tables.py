@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lightning_gaaf.cli import reproduce_tables as rt
+from lightning_gaaf.cli.reproduce import tables as rt
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 

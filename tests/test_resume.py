@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,13 +24,15 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from _cli_helpers import CONFIGS, fit_command, fit_env, run_fit, tiny
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_gaaf.cli.fit import main
-from lightning_gaaf.cli.run_control import StopSignals, exit_code, resolve_checkpoint, run_dir_of_checkpoint
 from lightning_gaaf.datamodules import EpochSampler, ResumableDataLoader
 from lightning_gaaf.datamodules.synthetic import write_mnist
+from lightning_gaaf.run.resume import resolve_checkpoint, run_dir_of_checkpoint
+from lightning_gaaf.run.signals import StopSignals, exit_code
 
 HERE = Path(__file__).resolve().parent
 STEPS_PER_EPOCH = 6
@@ -234,10 +238,11 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(
     stopped = _interrupt(tmp_path, mnist_dir, step, signal.SIGTERM)
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     run_dir = _run_dir(tmp_path)
-    assert (
-        f"gaaf-fit: interrupted by SIGTERM (exit 143); continue with --ckpt_path last --run_dir {run_dir}"
-        in (stopped.stderr)
+    (message,) = [line for line in stopped.stderr.splitlines() if line.startswith("gaaf-fit: interrupted")]
+    assert message.startswith(
+        "gaaf-fit: interrupted by SIGTERM (exit 143); continue with: gaaf-fit --config "
     )
+    command = message.split("continue with: ", 1)[1]
     last = _ckpt(run_dir / "checkpoints" / "last.ckpt")
     assert (last["epoch"], last["global_step"]) == (1, step)  # the moment of the signal, not the epoch end
     # The monitors' files exist with what was recorded before the signal.
@@ -248,7 +253,10 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(
     assert _exit_code(wandb_run) == 143
     assert any(r.get("type") == "preempting" for r in wandb_run)
 
-    resumed = run_fit(*ARGS, "--ckpt_path", "last", cwd=tmp_path, env=_env(mnist_dir), timeout=600)
+    # The printed command, pasted as it is (the console script), continues the run.
+    resumed = subprocess.run(
+        shlex.split(command), cwd=tmp_path, env=_env(mnist_dir), capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _run_dir(tmp_path) == run_dir  # no new version
     assert (
@@ -258,6 +266,9 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(
     first, second = _wandb_runs(run_dir)
     assert _run_id(first) == _run_id(second)  # the same W&B run, resumed
     assert _exit_code(second) == 0
+    # The resumed run's config.yaml describes the experiment only: re-run, it is a new run (new W&B run).
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["trainer"]["logger"]["init_args"]["id"] is None and saved["ckpt_path"] is None
 
     # Lightning does not run the epoch-start hooks again when a fit resumes mid-epoch: the learning
     # rate (LearningRateMonitor, logging_interval=epoch) is not logged for that epoch. The training
@@ -265,6 +276,13 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(
     diff = differences(run_dir, reference, ignore=MID_EPOCH_GAPS)
     print("single process, SIGTERM at step", step, diff)
     assert diff == EXACT
+
+    # Re-run as a new run (one epoch, before the pause step), it starts its own W&B run.
+    again = run_fit("--config", str(run_dir / "config.yaml"), "--trainer.max_epochs", "1",
+                    cwd=tmp_path, env=_env(mnist_dir), timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    (new_run,) = _wandb_runs(tmp_path / "runs" / "mnist_gaaf" / "version_1")
+    assert _run_id(new_run) != _run_id(first)
 
 
 def test_sigint_in_the_last_batch_of_an_epoch_continues_from_the_previous_epoch(
@@ -330,6 +348,55 @@ def test_ckpt_path_that_names_nothing_is_a_one_line_error(
     err = capsys.readouterr().err
     assert err.startswith("gaaf-fit: error: ") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "runs").exists()
+
+
+def _files(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("fault", "extra", "message"),
+    [
+        ("truncated", [], "is not a readable checkpoint"),
+        ("garbage", [], "is not a readable checkpoint (UnpicklingError"),
+        (
+            "none",
+            ["--model.backbone.init_args.hidden", "[32, 16, 16]"],
+            "does not fit the configured model: backbone.",
+        ),
+        ("none", ["--gaaf.K", "100"], "records other GAAF options than this command (gaaf.K 10000"),
+    ],
+)
+def test_a_resume_that_cannot_start_is_one_line_and_changes_nothing(
+    tmp_path: Path,
+    mnist_dir: Path,
+    reference: Path,
+    fault: str,
+    extra: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A corrupt checkpoint, one that no longer fits the model, or other GAAF options: exit 2, one line
+    naming the file or the mismatch, and the run directory (config.yaml, checkpoints, stats) untouched."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if fault == "truncated":
+        last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    elif fault == "garbage":
+        last.write_bytes(b"this is not a checkpoint\n")
+    before = _files(run_dir)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GAAF_DATA_DIR", str(mnist_dir))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    with pytest.raises(SystemExit) as exc:
+        main([*ARGS, *extra, "--ckpt_path", "last", "--run_dir", str(run_dir)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gaaf-fit: error: ckpt_path: ") and err.count("\n") == 1, err
+    assert message in err and ("config.yaml" in err or str(last) in err), err
+    assert _files(run_dir) == before
 
 
 # ----------------------------------------------------------------------------- signals

@@ -20,9 +20,9 @@ import pytest
 import yaml
 from _cli_helpers import CONFIGS, TINY, fit_env, history, run_fit, run_meta, wandb_records
 
-from lightning_gaaf.cli.search_space import SearchSpaceError, load_space, nested, overrides_yaml
-from lightning_gaaf.cli.tune import fail_interrupted_trials
-from lightning_gaaf.cli.tune_pruning import PrunerSpecError, make_pruner, open_storage
+from lightning_gaaf.cli.tune.search_space import SearchSpaceError, load_space, nested, overrides_yaml
+from lightning_gaaf.cli.tune.storage import PrunerSpecError, make_pruner, open_storage
+from lightning_gaaf.cli.tune.study import fail_interrupted_trials
 from lightning_gaaf.datamodules.synthetic import write_mnist
 
 BASE = str(CONFIGS / "mnist_base.yaml")
@@ -193,10 +193,13 @@ def test_tiny_search_writes_a_runnable_best_config_and_continues(tmp_path, data_
         best.params["model.optimizer.init_args.lr"]
     )
     assert "TrialPruning" not in best_yaml and config["trainer"]["limit_test_batches"] == 2  # TINY's, not 0
+    # Run as written, with no W&B mode or account: offline by default.
+    plain = {k: v for k, v in env.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
     fit = run_fit(
-        "--config", str(out / "best.yaml"), "--run_dir", str(tmp_path / "best_run"), cwd=tmp_path, env=env
+        "--config", str(out / "best.yaml"), "--run_dir", str(tmp_path / "best_run"), cwd=tmp_path, env=plain
     )
     assert fit.returncode == 0, fit.stdout + fit.stderr
+    assert len(list((tmp_path / "best_run" / "wandb").glob("offline-run-*"))) == 1
     rerun = json.loads((tmp_path / "best_run" / "stats" / "metrics.json").read_text())
     assert rerun["test"]["test/acc"] is not None  # best.yaml is a normal config: it trains and tests
     assert best_val_acc(tmp_path / "best_run") == pytest.approx(best.value, abs=1e-6)  # same seed, same run
@@ -251,7 +254,7 @@ def test_pruning_stops_a_trial_early(tmp_path, data_dir):
     epochs = json.loads((run_dir / "stats" / "metrics.json").read_text())["epochs"]
     assert len(epochs) == 1 == trial.user_attrs["epochs_trained"]  # 1 of 3 epochs
     assert trial.intermediate_values == {0: pytest.approx(epochs[0]["val/acc"])}
-    assert json.loads((run_dir / "pruned.json").read_text())["epoch"] == 1
+    assert not (run_dir / "pruned.json").exists()  # the result said so: nothing read back from files
     assert "trial 0 pruned" in proc.stdout
 
     # The same pruner after the last epoch: the trial used its whole budget, so it is complete.
@@ -262,7 +265,6 @@ def test_pruning_stops_a_trial_early(tmp_path, data_dir):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (trial,) = trials_of(str(tmp_path / "full" / "study.journal"), "mnist_base")
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.user_attrs["epochs_trained"] == 1
-    assert not (Path(trial.user_attrs["run_dir"]) / "pruned.json").exists()
 
 
 def test_sigterm_fails_the_running_trial_and_stops_the_worker(tmp_path, data_dir):
@@ -288,7 +290,7 @@ def test_sigterm_fails_the_running_trial_and_stops_the_worker(tmp_path, data_dir
 
 
 def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
-    from lightning_gaaf.cli import tune
+    from lightning_gaaf.cli.tune import main as tune
 
     cases = [
         (["no_such_config"], "config 'no_such_config': no such file"),
@@ -297,13 +299,15 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
         ([BASE, "--trials", "0"], "--trials and --workers must be >= 1"),
         ([BASE, "--storage", "postgresql+nodriver://u@h/db"], "storage 'h/db': not a usable database URL"),
         ([BASE, "--storage", "mysql://u@h/db"], "storage 'h/db': the database driver is not installed"),
+        ([BASE, "--storage", "foo://u@h/db"], "storage 'h/db'"),
     ]
     for args, message in cases:
         with pytest.raises(SystemExit) as exit_info:
-            tune.main([*args, "--out", str(tmp_path / "x")])
+            tune.main([*args, "--out", str(tmp_path / "x" / "study")])
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert err.startswith("gaaf-tune: error: ") and message in err and len(err.splitlines()) == 1
+        assert not (tmp_path / "x").exists()  # a study that could not start leaves no folder behind
 
 
 # --------------------------------------------------------------------------- PostgreSQL

@@ -13,7 +13,9 @@ DataModule's ``state_dict``, so a checkpoint restores the order exactly.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -200,9 +202,20 @@ class InMemoryImageDataModule(pl.LightningDataModule):
             return
         if not self.download:
             raise self._not_found(missing, "download is disabled (data.download=false)")
+        root = Path(self.root).absolute()
+        made = [
+            p
+            for p in (self._dataset_dir().absolute(), *self._dataset_dir().absolute().parents)
+            if not p.exists()
+        ]
+        made = [p for p in made if p == root or root in p.parents]  # only folders at or below the root
         try:
             self._download()
         except Exception as exc:  # offline, HTTP error, bad archive: one clear message instead
+            for folder in made:  # a failed download leaves no empty folders behind
+                with contextlib.suppress(OSError):
+                    if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+                        shutil.rmtree(folder)
             detail = " ".join(str(exc).split()) or "no detail"
             detail = detail if len(detail) <= 300 else detail[:297] + "..."
             reason = f"downloading failed ({type(exc).__name__}: {detail})"

@@ -11,9 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning_gaaf
-
-_PACKAGE_DIR = Path(lightning_gaaf.__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # lightning_gaaf/
 #: Where a wheel installs the configs, then where a source checkout (or editable install) keeps them.
 _CANDIDATES = (_PACKAGE_DIR / "configs", _PACKAGE_DIR.parent / "configs")
 SUFFIX = ".yaml"

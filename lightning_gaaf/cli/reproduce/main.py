@@ -1,7 +1,7 @@
 """``gaaf-reproduce``: the paper's MNIST study (Tables 2 and 4, Figures 3/5) in one command.
 
 ``gaaf-reproduce mnist --seeds 5`` trains the paper's MLP (784-512-256-256-10, tanh) three ways —
-``base``, ``dropout``, ``gaaf`` — with ``gaaf-fit`` and the published configs
+``base``, ``dropout``, ``gaaf`` — as ``gaaf-fit`` runs (:func:`lightning_gaaf.run.fit_and_test`) of the published configs
 ``configs/mnist_{base,dropout,gaaf}.yaml``, each seed until convergence, then writes into ``--out``:
 
 * ``table4.md``: test accuracy and epochs to converge, mean (std) over seeds, beside the paper's;
@@ -21,7 +21,7 @@ Runs are resumable: a run whose ``stats/metrics.json`` holds test metrics is rea
 redone; an unfinished run directory is cleared and run again. ``fashion_mnist`` runs the same
 three configs with the Fashion-MNIST DataModule. ``--protocol slow`` uses
 ``configs/mnist_slow_{base,dropout,gaaf}.yaml`` (plain SGD, no momentum: the paper's slow regime).
-``--tune N`` compares the models after equal-budget tuning instead (:mod:`.reproduce_tune`).
+``--tune N`` compares the models after equal-budget tuning instead (:mod:`.tuned`).
 The configs are the bundled ones unless ``--configs DIR`` names another folder.
 """
 
@@ -30,22 +30,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from lightning_gaaf.cli.bundled import configs_dir
-from lightning_gaaf.cli.reproduce_tables import MODELS, PAPER_TABLE4, table1, table2, table3, table4
-from lightning_gaaf.stats import find_stats_file, read_stats
+from lightning_gaaf.cli.reproduce.runs import Job, run_jobs
+from lightning_gaaf.cli.reproduce.summary import hardware, load_metrics, net_figure, summarize_run, versions
+from lightning_gaaf.cli.reproduce.tables import MODELS, PAPER_TABLE4, table1, table2, table3, table4
+from lightning_gaaf.run.bundled import configs_dir
 
-__all__ = ["MODELS", "PAPER_TABLE4", "main"]
+__all__ = ["main"]
 
 PROG = "gaaf-reproduce"
 DATAMODULE = {
@@ -118,83 +115,6 @@ def run_args(args: argparse.Namespace, configs: Path, model: str, seed: int, run
     return cmd
 
 
-def load_metrics(run_dir: Path) -> dict[str, Any] | None:
-    """The run's saved epoch history and test metrics, or None when the run did not finish."""
-    path = run_dir / "stats" / "metrics.json"
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError:  # cut off mid-write
-        return None
-    return data if data.get("test", {}).get("test/acc") is not None else None
-
-
-def summarize_run(run_dir: Path, max_epochs: int) -> dict[str, Any]:
-    """Per-run numbers: test accuracy, convergence epoch, epochs trained, gradient information."""
-    metrics = load_metrics(run_dir)
-    assert metrics is not None
-    epochs = [e for e in metrics["epochs"] if "val/loss" in e]
-    best = min(epochs, key=lambda e: e["val/loss"])
-    stats = {
-        statistic: read_stats(path) if (path := find_stats_file(run_dir / "stats", statistic)) else None
-        for statistic in ("grad_info", "node_correlation", "net_var")
-    }
-    return {
-        "test_acc": 100.0 * metrics["test"]["test/acc"],
-        "test_loss": metrics["test"].get("test/loss"),
-        "epochs_to_converge": best["epoch"],
-        "best_val_loss": best["val/loss"],
-        "best_val_acc": None if best.get("val/acc") is None else 100.0 * best["val/acc"],
-        "epochs_trained": len(metrics["epochs"]),
-        "hit_cap": len(metrics["epochs"]) >= max_epochs,
-        "grad_info": (stats["grad_info"] or {}).get("summary", {}),
-        "node_correlation": (stats["node_correlation"] or {}).get("rows"),
-        "net_var": stats["net_var"],
-    }
-
-
-def net_figure(out: Path, run_dirs: dict[str, Path]) -> Path | None:
-    """Net distributions per layer on test data, one run per model (the first seed)."""
-    from lightning_gaaf.stats import plots
-
-    stats = []
-    for model, run_dir in run_dirs.items():
-        path = run_dir / "stats" / "saturation.json"
-        if path.is_file():
-            stats.append((model, json.loads(path.read_text())))
-    if not stats or not any(s.get("eval") for _, s in stats):
-        return None
-    return plots.plot_net_hist(stats, out / "nets_test.png")
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("lightning-gaaf", "torch", "pytorch-lightning", "torchvision", "torchmetrics", "wandb"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
-
-
-def hardware() -> dict[str, Any]:
-    import torch
-
-    return {
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
-def execute(cmd: list[str], log: Path, env: dict[str, str]) -> int:
-    with log.open("w") as fh:
-        return subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", choices=sorted(DATAMODULE), help="which study to reproduce")
@@ -248,53 +168,49 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = Path(args.out or Path("reproduce") / args.dataset)
     out.mkdir(parents=True, exist_ok=True)
 
-    env = dict(os.environ)
-    env.pop("WANDB_SERVICE", None)  # each run starts its own W&B service and flushes it before exiting
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    env.setdefault("OMP_NUM_THREADS", str(threads))
-    if args.quick:
-        env.setdefault("WANDB_MODE", "disabled")
+    env: dict[str, str] = {}  # set in the process of every run
+    if "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
+    if args.quick and "WANDB_MODE" not in os.environ:
+        env["WANDB_MODE"] = "disabled"
     if args.tune is not None:
-        from lightning_gaaf.cli.reproduce_tune import run_tuned
+        from lightning_gaaf.cli.reproduce.tuned import run_tuned
 
         run_tuned(args, configs, out, env, DATAMODULE[args.dataset], QUICK_ARGS if args.quick else [])
         print(f"{PROG}: wrote {out / 'table4_tuned.md'}, {out / 'results_tuned.json'}")
         return
 
     started = time.time()
-    jobs: list[tuple[str, int, Path, list[str]]] = []
-    reused = 0
+    jobs: list[Job] = []
+    metrics: dict[tuple[str, int], dict[str, Any]] = {}
     for seed in range(args.seeds):  # seed-major: a cut-short study still has every model per seed
         for model in MODELS:
             run_dir = (out / "runs" / model / f"seed_{seed}").resolve()
-            if load_metrics(run_dir) is not None:
-                reused += 1
+            saved = load_metrics(run_dir)
+            if saved is not None:  # finished by an earlier invocation
+                metrics[model, seed] = saved
                 continue
             if run_dir.exists():
                 shutil.rmtree(run_dir)  # an interrupted run: start it again
-            run_dir.parent.mkdir(parents=True, exist_ok=True)
-            cmd = [
-                sys.executable,
-                "-m",
-                "lightning_gaaf.cli.fit",
-                *run_args(args, configs, model, seed, run_dir),
-            ]
-            jobs.append((model, seed, run_dir, cmd))
-    print(f"{PROG}: {len(jobs)} run(s) to train, {reused} finished run(s) reused, output in {out}")
-
-    def run_one(job: tuple[str, int, Path, list[str]]) -> tuple[str, int, int, float]:
-        model, seed, run_dir, cmd = job
-        t0 = time.time()
-        code = execute(cmd, run_dir.parent / f"seed_{seed}.log", env)
-        return model, seed, code, time.time() - t0
+            log = run_dir.parent / f"seed_{seed}.log"
+            jobs.append(Job((model, seed), tuple(run_args(args, configs, model, seed, run_dir)), log))
+    reused = len(metrics)
+    print(
+        f"{PROG}: {len(jobs)} run(s) to train, {reused} finished run(s) reused, output in {out}", flush=True
+    )
 
     failures = []
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for model, seed, code, seconds in pool.map(run_one, jobs):
-            status = "ok" if code == 0 else f"FAILED (exit {code})"
-            print(f"{PROG}: {model} seed {seed}: {status} in {seconds:.0f} s", flush=True)
-            if code != 0:
-                failures.append(f"{model}/seed_{seed} (log: {out / 'runs' / model / f'seed_{seed}.log'})")
+    for outcome in run_jobs(jobs, args.jobs, env):
+        (model, seed), result = outcome.job.label, outcome.result
+        if outcome.ok and result is not None and result.test.get("test/acc") is not None:
+            metrics[model, seed] = {"epochs": result.epochs, "test": result.test}
+            status = "ok"
+        elif result is not None and result.signal is not None:
+            raise SystemExit(result.exit_code)
+        else:
+            status = f"FAILED ({outcome.error or f'exit {result.exit_code if result else 1}'})"
+            failures.append(f"{model}/seed_{seed} (log: {outcome.job.log})")
+        print(f"{PROG}: {model} seed {seed}: {status} in {outcome.seconds:.0f} s", flush=True)
     if failures:
         raise SystemExit(f"{PROG}: error: {len(failures)} run(s) failed: {', '.join(failures)}")
 
@@ -302,9 +218,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for model in MODELS:
         for seed in range(args.seeds):
             run_dir = out / "runs" / model / f"seed_{seed}"
-            per_model[model].append(
-                {"seed": seed, "run_dir": str(run_dir), **summarize_run(run_dir, args.max_epochs)}
-            )
+            summary = summarize_run(run_dir, args.max_epochs, metrics[model, seed])
+            per_model[model].append({"seed": seed, "run_dir": str(run_dir), **summary})
 
     (out / "table4.md").write_text(table4(args.dataset, per_model))
     (out / "table2.md").write_text(table2(per_model))

@@ -1,12 +1,11 @@
 """``gaaf-tune``: hyper-parameter search for any ``gaaf-fit`` config, on Optuna.
 
 ``gaaf-tune CONFIG --trials N [--workers W] [--storage URL] [-- GAAF-FIT ARGS...]`` runs an Optuna
-study whose trials are ordinary ``gaaf-fit`` runs (each in its own process and run directory
-``<out>/trials/trial_NNNN``, with the config's monitors and loggers; W&B groups them by study). The
-search space is a YAML file next to the config (``search/<config stem>.yaml``, or ``--space``; format
-in :mod:`lightning_gaaf.cli.search_space`); the objective is the best epoch value of the space's
-metric (default ``val/acc``) read from the run's ``stats/metrics.json``. Trials do not run the test
-set: nothing is ever chosen on test data.
+study whose trials are ordinary runs (each in its run directory ``<out>/trials/trial_NNNN``, with the
+config's monitors and loggers; W&B groups them by study). The search space is a YAML file next to the
+config (``search/<config stem>.yaml``, or ``--space``; format in :mod:`.search_space`); the objective is
+the best epoch value of the space's metric (default ``val/acc``) in the run's result. Trials do not
+run the test set: nothing is ever chosen on test data.
 
 Storage: by default an Optuna journal file ``<out>/study.journal`` (nothing to start; several local
 processes can share it). ``--storage URL`` puts the study in a database (``postgresql://...``,
@@ -17,70 +16,40 @@ until N trials are complete or pruned (failed and interrupted trials are redone)
 Output in ``--out`` (default ``tune/<study name>``): ``best.yaml`` (the best trial's config, runnable
 with ``gaaf-fit --config``), ``trials.csv`` and ``trials.md``, ``history.png`` and ``study.json``.
 
-This module is the command line and the worker loop; the rest has a module each:
-:mod:`~lightning_gaaf.cli.tune_settings` (the settings), :mod:`~lightning_gaaf.cli.tune_study`
-(the study in its storage, trial claiming), :mod:`~lightning_gaaf.cli.tune_trial` (one trial),
-:mod:`~lightning_gaaf.cli.tune_pruning` (storage and pruner choices, the pruning callback) and
-:mod:`~lightning_gaaf.cli.tune_report` (the outputs). The public names of the settings, study and
-trial modules stay importable from here, where they were first defined.
+This module is the command line and the worker loop; the rest has a module each: :mod:`.settings`,
+:mod:`.study` (the study in its storage, trial claiming), :mod:`.trial` (one trial), :mod:`.storage`
+(storage and pruner choices) and :mod:`.outputs`. Optuna is imported once a command needs it, so
+``--help`` starts at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import optuna
+from lightning_gaaf.cli.tune.settings import PROG, TuneError, TuneSettings
 
-from lightning_gaaf.cli.bundled import ConfigNotFoundError, resolve_config
-from lightning_gaaf.cli.search_space import SearchSpaceError, default_space_path, load_space
-from lightning_gaaf.cli.tune_pruning import PrunerSpecError, StorageError, make_pruner, open_storage
-from lightning_gaaf.cli.tune_report import write_outputs
-from lightning_gaaf.cli.tune_settings import PROG, TuneError, TuneSettings
-from lightning_gaaf.cli.tune_study import (
-    COUNTED,
-    claim_trial,
-    create_or_load_study,
-    fail_interrupted_trials,
-)
-from lightning_gaaf.cli.tune_trial import (
-    TRIALS_DIR,
-    Signals,
-    read_objective,
-    run_trial,
-    trial_command,
-    trial_env,
-)
-
-__all__ = [
-    "JOURNAL_FILE",
-    "PROG",
-    "TRIALS_DIR",
-    "TuneError",
-    "TuneSettings",
-    "build_parser",
-    "claim_trial",
-    "create_or_load_study",
-    "fail_interrupted_trials",
-    "main",
-    "read_objective",
-    "run",
-    "run_trial",
-    "settings_from_args",
-    "trial_command",
-    "work",
-]
+if TYPE_CHECKING:
+    import optuna
 
 JOURNAL_FILE = "study.journal"
 
 
 def work(settings: TuneSettings, worker_index: int = 0) -> int:
     """One worker: claim and run trials until the study has ``n_trials``; returns how many it ran."""
+    import optuna
+
+    from lightning_gaaf.cli.tune.storage import make_pruner, open_storage
+    from lightning_gaaf.cli.tune.study import claim_trial
+    from lightning_gaaf.cli.tune.trial import TRIALS_DIR, Signals, run_trial, trial_env
+
     if settings.in_process:
         os.environ.update(trial_env(settings))
         import torch
@@ -148,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace, fit_args: list[str]) -> TuneSettings:
+    from lightning_gaaf.cli.tune.search_space import default_space_path, load_space
+    from lightning_gaaf.cli.tune.storage import make_pruner
+    from lightning_gaaf.run.bundled import ConfigNotFoundError, resolve_config
+
     try:
         config = resolve_config(args.config)
     except ConfigNotFoundError as exc:
@@ -171,9 +144,21 @@ def settings_from_args(args: argparse.Namespace, fit_args: list[str]) -> TuneSet
 
 def run(settings: TuneSettings, report_only: bool = False) -> optuna.Study:
     """Create or continue the study, run its missing trials with ``settings.workers`` processes, write outputs."""
-    settings.out.mkdir(parents=True, exist_ok=True)
+    from lightning_gaaf.cli.tune.outputs import write_outputs
+    from lightning_gaaf.cli.tune.study import COUNTED, create_or_load_study, fail_interrupted_trials
+
+    made = [p for p in (settings.out, *settings.out.parents) if not p.exists()]
     started = time.time()
-    study = create_or_load_study(settings)
+    try:
+        settings.out.mkdir(parents=True, exist_ok=True)
+        study = create_or_load_study(settings)
+    except BaseException:
+        for folder in made:  # a study that could not start leaves no empty folders behind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+            elif folder == settings.out:
+                shutil.rmtree(folder, ignore_errors=True)
+        raise
     if not report_only:
         interrupted = fail_interrupted_trials(study)
         if interrupted:
@@ -185,7 +170,8 @@ def run(settings: TuneSettings, report_only: bool = False) -> optuna.Study:
         if settings.workers == 1:
             work(settings)
         else:
-            procs = [subprocess.Popen(_worker_argv(i)) for i in range(settings.workers)]
+            os.environ["GAAF_TUNE_WORKERS"] = str(settings.workers)
+            procs = [subprocess.Popen(_worker_argv(settings.argv, i)) for i in range(settings.workers)]
             codes = [p.wait() for p in procs]
             if any(codes):
                 raise TuneError(f"worker exit codes {codes}")
@@ -194,12 +180,9 @@ def run(settings: TuneSettings, report_only: bool = False) -> optuna.Study:
     return write_outputs(study, settings)
 
 
-_ARGV: list[str] = []
-
-
-def _worker_argv(index: int) -> list[str]:
-    """This command line as worker process ``index``: same arguments, one worker."""
-    argv = list(_ARGV)
+def _worker_argv(argv: list[str], index: int) -> list[str]:
+    """The command line ``argv`` as worker process ``index``: same arguments, one worker."""
+    argv = list(argv)
     if "--" in argv:
         cut = argv.index("--")
         own, rest = argv[:cut], argv[cut:]
@@ -225,15 +208,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, fit_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     args = build_parser().parse_args(own)
-    global _ARGV
-    _ARGV = argv
+    from lightning_gaaf.cli.tune.search_space import SearchSpaceError
+    from lightning_gaaf.cli.tune.storage import PrunerSpecError, StorageError
+
     try:
         settings = settings_from_args(args, fit_args)
+        settings.argv = argv
         if args.worker_index is not None:  # started by a parent gaaf-tune --workers N
             settings.workers = int(os.environ.get("GAAF_TUNE_WORKERS", "1"))
             work(settings, args.worker_index)
             return
-        os.environ["GAAF_TUNE_WORKERS"] = str(settings.workers)
+        import optuna
+
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         run(settings, report_only=args.report_only)
     except (TuneError, SearchSpaceError, PrunerSpecError, StorageError) as exc:

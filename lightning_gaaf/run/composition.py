@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from lightning_gaaf.cli.bundled import ConfigNotFoundError, resolve_config
+from lightning_gaaf.run.bundled import ConfigNotFoundError, resolve_config
 
 DEFAULTS_KEY = "defaults"
 CONFIG_FLAGS = ("-c", "--config")
@@ -25,7 +25,7 @@ _NAME_LIKE = re.compile(r"[\w./~-]+")
 
 
 class UsageError(Exception):
-    """A mistake in the command line or config that gaaf-fit reports as one line."""
+    """A mistake in the command line, config, data or checkpoint: the programs report it as one line."""
 
 
 _UNION_NOISE = re.compile(

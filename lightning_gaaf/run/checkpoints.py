@@ -1,32 +1,31 @@
-"""What a gaaf-fit checkpoint holds and when it is written, so that a run can be continued exactly.
+"""The checkpoints of a run: ``last.ckpt`` to continue from, and the best one to test.
 
 * :class:`LastCheckpoint` writes ``last.ckpt`` at the end of **every** training epoch, whatever the
   top-k policy of the other checkpoint callbacks (Lightning's ``save_last=True`` only refreshes
   ``last.ckpt`` when a top-k checkpoint is saved), and again at a graceful stop (SIGTERM, or SIGINT
-  turned into one by :mod:`lightning_gaaf.cli.run_control`), where the fit loop stops between batches.
-* :class:`RandomState` carries the global random generators (torch, CUDA, numpy, python), so that
-  dropout and augmentation continue with the numbers the uninterrupted run would have drawn.
-
-The training order itself comes from the DataModule's state and the fit loop's epoch counter
-(:class:`~lightning_gaaf.datamodules.EpochSampler`).
+  turned into one by :mod:`lightning_gaaf.run.signals`), where the fit loop stops between batches.
+* :class:`BestCheckpoint` keeps the best epoch on a validation metric the model logs, chosen by
+  :data:`BEST_RULE`: ``val/acc`` (max) if logged, else ``val/loss`` (min), else the latest epoch.
+  Any LightningModule gets it unless the config names its own ``ModelCheckpoint``.
 """
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
-__all__ = ["LAST_NAME", "LastCheckpoint", "RandomState"]
+__all__ = ["BEST_RULE", "LAST_NAME", "BestCheckpoint", "LastCheckpoint"]
+
+#: The metrics :class:`BestCheckpoint` looks for, in order, with the direction that is better.
+BEST_RULE: tuple[tuple[str, str], ...] = (("val/acc", "max"), ("val/loss", "min"))
 
 #: File stem of the always-latest checkpoint (``<checkpoints>/last.ckpt``).
 LAST_NAME = ModelCheckpoint.CHECKPOINT_NAME_LAST
@@ -111,56 +110,57 @@ class LastCheckpoint(ModelCheckpoint):
         if trainer.state.fn != TrainerFn.FITTING or trainer.global_step == self._last_global_step_saved:
             return  # not fitting, or nothing trained since the last save
         trainer.save_checkpoint(self.path)
+        # ModelCheckpoint's own record of the step it last saved (a private attribute; no public one
+        # exists): set so that its epoch-end save does not write the same step again.
+        # tests/test_resume.py::test_model_checkpoint_keeps_its_last_saved_step checks it still exists.
         self._last_global_step_saved = trainer.global_step
         rank_zero_info(
             f"Interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: saved {self.path}"
         )
 
 
-class RandomState(Callback):
-    """Save the global random generators in checkpoints; restore them when a fit resumes.
+class BestCheckpoint(ModelCheckpoint):
+    """``<dirpath>/epochNNN-<metric>V.ckpt``: the best epoch on the first metric of :data:`BEST_RULE`
+    that the model logs (decided at the first validation; a model logging none keeps the latest epoch).
 
-    The state is taken when the checkpoint is written and put back at ``on_train_start`` of a resumed
-    fit (after Lightning's sanity check, which must not shift it); ``trainer.test(ckpt_path=...)`` does
-    not touch the generators. Under DDP rank 0's state is saved and every rank gets it back: ranks
-    seeded alike (``seed_everything`` without per-rank seeds) draw identical streams.
+    The choice is saved in checkpoints, so a resumed run keeps comparing on the same metric.
+
+    Args:
+        dirpath: the run's checkpoint directory.
     """
 
-    def __init__(self) -> None:
-        self._pending: dict[str, Any] | None = None
+    def __init__(self, dirpath: str | Path) -> None:
+        super().__init__(
+            dirpath=str(dirpath), filename="epoch{epoch:03d}", save_top_k=1, auto_insert_metric_name=False
+        )
+        self._decided = False
+
+    @property
+    @override
+    def state_key(self) -> str:
+        # The monitor is chosen during the run; the key must not depend on it.
+        return self._generate_state_key(rule=BEST_RULE)
+
+    def _choose(self, monitor: str | None, mode: str) -> None:
+        self.monitor, self.mode, self._decided = monitor, mode, True
+        self.kth_value = torch.tensor(torch.inf if mode == "min" else -torch.inf)
+        if monitor is not None:
+            self.filename = f"epoch{{epoch:03d}}-{monitor.replace('/', '_')}{{{monitor}:.4f}}"
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._decided and not trainer.sanity_checking:
+            logged = trainer.callback_metrics
+            monitor, mode = next(((k, m) for k, m in BEST_RULE if k in logged), (None, "min"))
+            self._choose(monitor, mode)
+        super().on_validation_end(trainer, pl_module)
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        # Tensors and plain Python values only: Lightning loads checkpoints with ``weights_only=True``.
-        kind, keys, pos, has_gauss, cached_gauss = np.random.get_state(legacy=True)
-        state: dict[str, Any] = {
-            "torch": torch.get_rng_state(),
-            "numpy": (
-                str(kind),
-                torch.from_numpy(keys.astype(np.int64)),
-                int(pos),
-                int(has_gauss),
-                float(cached_gauss),
-            ),
-            "python": random.getstate(),
-        }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
+        return {**super().state_dict(), "mode": self.mode, "decided": self._decided}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = dict(state_dict)
-
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        state, self._pending = self._pending, None
-        if state is None:
-            return
-        torch.set_rng_state(state["torch"])
-        kind, keys, pos, has_gauss, cached_gauss = state["numpy"]
-        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached_gauss))
-        random.setstate(state["python"])
-        cuda = state.get("cuda")
-        if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
+        if state_dict.get("decided"):
+            self._choose(state_dict.get("monitor"), state_dict.get("mode", "min"))
+        super().load_state_dict(state_dict)

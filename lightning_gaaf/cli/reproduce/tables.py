@@ -4,7 +4,7 @@ Paper numbers are constants here, with the table they come from (all MNIST, the 
 statistics: paired by seed (t-test, t interval) with a Holm correction over the comparisons of
 each measure; and, for per-image correctness, McNemar's exact test and a bootstrap over images and
 seeds, which also count the test set's own sampling noise. ``python -m
-lightning_gaaf.cli.reproduce_tables RESULTS.json`` rebuilds a study's tables from its saved
+lightning_gaaf.cli.reproduce.tables RESULTS.json`` rebuilds a study's tables from its saved
 ``results.json`` / ``results_tuned.json`` without training.
 """
 
@@ -389,7 +389,7 @@ def tables_from_results(results: dict[str, Any]) -> dict[str, str]:
     """File name -> text of every table a saved ``results.json`` (or ``results_tuned.json``) supports."""
     dataset, runs = results["dataset"], results["runs"]
     if "studies" in results:  # gaaf-reproduce --tune
-        from lightning_gaaf.cli.reproduce_tune import table4_tuned
+        from lightning_gaaf.cli.reproduce.tuned import table4_tuned
 
         head = table4_tuned(dataset, results["studies"], runs).split("\n\n", 1)[0]
         pairs = comparison_table(
@@ -411,7 +411,7 @@ def tables_from_results(results: dict[str, Any]) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m lightning_gaaf.cli.reproduce_tables",
+        prog="python -m lightning_gaaf.cli.reproduce.tables",
         description="Rebuild a gaaf-reproduce study's tables from its results.json, without training.",
     )
     parser.add_argument("results", type=Path, help="results.json or results_tuned.json of a study")

@@ -1,4 +1,7 @@
-"""One run, one directory: ``runs/<config name>/version_N``, and nothing left when a run fails to start."""
+"""One run, one directory: ``runs/<config name>/version_N``, and nothing left when a run fails to start.
+
+A DDP worker process gets rank 0's directory through :data:`RUN_DIR_ENV`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,12 @@ import shutil
 from pathlib import Path
 
 RUNS_DIR = "runs"
+#: Inside a run directory: the checkpoints folder and the re-runnable config.
+CHECKPOINTS = "checkpoints"
+RUN_CONFIG = "config.yaml"
+#: Set for the worker processes Lightning starts under DDP, so that every rank uses the run directory
+#: rank 0 chose instead of picking the next free version itself.
+RUN_DIR_ENV = "GAAF_FIT_RUN_DIR"
 _VERSION = re.compile(r"version_(\d+)")
 
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import yaml
 
-from lightning_gaaf.cli.tune_pruning import PRUNING_CALLBACK
+from lightning_gaaf.cli.tune.trial import STORED_PRUNING
 
 if TYPE_CHECKING:
-    from lightning_gaaf.cli.tune_settings import TuneSettings
+    from lightning_gaaf.cli.tune.settings import TuneSettings
 
 
 def _short(key: str) -> str:
@@ -95,8 +95,9 @@ def user_value(fit_args: list[str], key: str) -> str | None:
 
 
 def best_config(run_dir: Path, header: str, limit_test_batches: str | None = None) -> str:
-    """The best trial's saved ``config.yaml`` without gaaf-tune's own additions (pruning callback,
-    skipped test set), so that ``gaaf-fit --config best.yaml`` trains and tests it like any config.
+    """The best trial's saved ``config.yaml`` without gaaf-tune's own additions (a ``--subprocess`` trial's
+    pruning callback and skipped test set), so that ``gaaf-fit --config best.yaml`` trains and tests it
+    like any config (offline unless ``WANDB_MODE`` is set, as every saved config).
 
     ``limit_test_batches``: what the user's own arguments set (the trials themselves ran no test batch).
     """
@@ -105,7 +106,7 @@ def best_config(run_dir: Path, header: str, limit_test_batches: str | None = Non
     callbacks = trainer.get("callbacks")
     if isinstance(callbacks, list):
         trainer["callbacks"] = [
-            c for c in callbacks if not (isinstance(c, dict) and c.get("class_path") == PRUNING_CALLBACK)
+            c for c in callbacks if not (isinstance(c, dict) and c.get("class_path") == STORED_PRUNING)
         ]
     if limit_test_batches is None:
         trainer.pop("limit_test_batches", None)

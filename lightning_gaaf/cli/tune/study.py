@@ -16,8 +16,8 @@ from pathlib import Path
 
 import optuna
 
-from lightning_gaaf.cli.tune_pruning import open_storage
-from lightning_gaaf.cli.tune_settings import TuneError, TuneSettings
+from lightning_gaaf.cli.tune.settings import TuneError, TuneSettings
+from lightning_gaaf.cli.tune.storage import open_storage
 
 #: Trials that count towards ``--trials``; FAIL trials (crashed or interrupted) are redone.
 COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)

@@ -16,22 +16,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
-import subprocess
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from lightning_gaaf.cli.reproduce_tables import (
+from lightning_gaaf.cli.reproduce.runs import Job, run_jobs
+from lightning_gaaf.cli.reproduce.tables import (
     MODELS,
     PAPER_TABLE4,
     format_paired,
     mean_std,
     paired_difference,
 )
-from lightning_gaaf.cli.tune_trial import best_epoch, fit_command
+from lightning_gaaf.cli.tune.trial import fit_args as trial_fit_args
 
 #: The trials' sampler seed and the seed of every trial's run; the retrained runs use seeds 1..N.
 TUNE_SEED = 0
@@ -47,35 +46,49 @@ def tune_fit_args(args: argparse.Namespace, datamodule: str, quick_args: list[st
     return fit_args + quick_args
 
 
-def study_command(
+def study_settings(
     args: argparse.Namespace, configs: Path, model: str, out: Path, fit_args: list[str]
-) -> list[str]:
-    """The ``gaaf-tune`` command of one model's study."""
-    return [
-        sys.executable, "-m", "lightning_gaaf.cli.tune", str(configs / f"mnist_{model}.yaml"),
+) -> Any:
+    """The ``gaaf-tune`` settings of one model's study."""
+    from lightning_gaaf.cli.tune.main import build_parser, settings_from_args
+
+    argv = [
+        str(configs / f"mnist_{model}.yaml"),
         "--space", str(configs / "search" / f"mnist_{model}.yaml"),
-        "--trials", str(args.tune), "--out", str(out / "tune" / model),
+        "--trials", str(args.tune), "--out", str(out / "tune" / model), "--workers", str(args.jobs),
         "--study-name", f"{args.dataset}_{model}", "--sampler-seed", str(TUNE_SEED), "--seed", str(TUNE_SEED),
-        "--pruner", args.tune_pruner, "--", *fit_args,
+        "--pruner", args.tune_pruner,
     ]  # fmt: skip
+    settings = settings_from_args(build_parser().parse_args(argv), fit_args)
+    settings.argv = [*argv, "--", *fit_args]
+    return settings
 
 
-def summarize_tuned_run(run_dir: Path) -> dict[str, Any] | None:
+def _best_val(epochs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    scored = [e for e in epochs if e.get("val/acc") is not None]
+    return max(scored, key=lambda e: e["val/acc"]) if scored else None
+
+
+def summarize_tuned_run(epochs: list[dict[str, Any]], test: dict[str, float]) -> dict[str, Any] | None:
     """Test accuracy, best validation accuracy and its epoch of one finished run, else None."""
-    path = run_dir / "stats" / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):
+    best = _best_val(epochs)
+    if test.get("test/acc") is None or best is None:
         return None
-    if metrics.get("test", {}).get("test/acc") is None:
-        return None
-    best = best_epoch(metrics["epochs"], "val/acc", "maximize")
     return {
-        "test_acc": 100.0 * metrics["test"]["test/acc"],
+        "test_acc": 100.0 * test["test/acc"],
         "best_val_acc": 100.0 * best["val/acc"],
         "best_val_epoch": best["epoch"],
-        "epochs_trained": len(metrics["epochs"]),
+        "epochs_trained": len(epochs),
     }
+
+
+def _saved_run(run_dir: Path) -> dict[str, Any] | None:
+    """The summary of a run an earlier invocation finished (its ``stats/metrics.json``), else None."""
+    try:
+        metrics = json.loads((run_dir / "stats" / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summarize_tuned_run(metrics.get("epochs", []), metrics.get("test", {}))
 
 
 def _short(key: str) -> str:
@@ -133,66 +146,45 @@ def run_tuned(
     prog = "gaaf-reproduce"
     started = time.time()
     fit_args = tune_fit_args(args, datamodule, quick_args)
-    tune_env = dict(env, GAAF_TUNE_WORKERS=str(args.jobs))
+    from lightning_gaaf.cli.tune.main import run as run_study
+
+    os.environ.update(env)
     if args.data_dir:
-        tune_env["GAAF_DATA_DIR"] = str(args.data_dir)
+        os.environ["GAAF_DATA_DIR"] = str(args.data_dir)
+    studies = {}
+    for model in MODELS:  # each study runs its trials with --jobs workers
+        settings = study_settings(args, configs, model, out, fit_args)
+        run_study(settings)
+        studies[model] = json.loads((settings.out / "study.json").read_text())
+        print(f"{prog}: study {args.dataset}_{model}: ok", flush=True)
 
-    def tune_one(model: str) -> tuple[str, int]:
-        log = out / "tune" / f"{model}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("a") as fh:
-            code = subprocess.call(
-                study_command(args, configs, model, out, fit_args),
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                env=tune_env,
-            )
-        return model, code
-
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for model, code in pool.map(tune_one, MODELS):
-            print(
-                f"{prog}: study {args.dataset}_{model}: {'ok' if code == 0 else f'FAILED (exit {code})'}",
-                flush=True,
-            )
-            if code != 0:
-                raise SystemExit(
-                    f"{prog}: error: the {model} study failed (log: {out / 'tune' / f'{model}.log'})"
-                )
-    studies = {m: json.loads((out / "tune" / m / "study.json").read_text()) for m in MODELS}
-
+    summaries: dict[tuple[str, int], dict[str, Any]] = {}
     jobs = []
     for seed in range(1, args.seeds + 1):
         for model in MODELS:
             run_dir = (out / "tuned" / model / f"seed_{seed}").resolve()
-            if summarize_tuned_run(run_dir) is not None:
+            saved = _saved_run(run_dir)
+            if saved is not None:
+                summaries[model, seed] = saved
                 continue
             if run_dir.exists():
                 shutil.rmtree(run_dir)
-            run_dir.parent.mkdir(parents=True, exist_ok=True)
-            cmd = fit_command(out / "tune" / model / "best.yaml", run_dir, seed)
-            jobs.append((model, seed, run_dir, cmd))
+            best = out / "tune" / model / "best.yaml"
+            log = run_dir.parent / f"seed_{seed}.log"
+            jobs.append(Job((model, seed), tuple(trial_fit_args(best, run_dir, seed)), log))
     print(f"{prog}: {len(jobs)} tuned run(s) to train", flush=True)
-    run_env = dict(env, OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))
-
-    def run_one(job: tuple[str, int, Path, list[str]]) -> tuple[str, int, int]:
-        model, seed, run_dir, cmd = job
-        with (run_dir.parent / f"seed_{seed}.log").open("w") as fh:
-            return model, seed, subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=run_env)
-
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for model, seed, code in pool.map(run_one, jobs):
-            print(
-                f"{prog}: tuned {model} seed {seed}: {'ok' if code == 0 else f'FAILED (exit {code})'}",
-                flush=True,
-            )
+    for outcome in run_jobs(jobs, args.jobs, env):
+        (model, seed), result = outcome.job.label, outcome.result
+        summary = summarize_tuned_run(result.epochs, result.test) if outcome.ok and result else None
+        if summary is not None:
+            summaries[model, seed] = summary
+        print(f"{prog}: tuned {model} seed {seed}: {'ok' if summary else 'FAILED'}", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODELS}
     for model in MODELS:
         for seed in range(1, args.seeds + 1):
-            run_dir = out / "tuned" / model / f"seed_{seed}"
-            summary = summarize_tuned_run(run_dir)
-            if summary is not None:
-                runs[model].append({"seed": seed, "run_dir": str(run_dir), **summary})
+            if (model, seed) in summaries:
+                run_dir = out / "tuned" / model / f"seed_{seed}"
+                runs[model].append({"seed": seed, "run_dir": str(run_dir), **summaries[model, seed]})
     text = table4_tuned(args.dataset, studies, runs)
     (out / "table4_tuned.md").write_text(text)
     results = {

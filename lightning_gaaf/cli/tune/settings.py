@@ -1,18 +1,18 @@
 """What one ``gaaf-tune`` process is asked to do, and the error it reports for a user mistake.
 
-The settings travel from the command line (:mod:`lightning_gaaf.cli.tune`) to the study storage
-(:mod:`lightning_gaaf.cli.tune_study`), the trials (:mod:`lightning_gaaf.cli.tune_trial`) and the
-outputs (:mod:`lightning_gaaf.cli.tune_report`); they live here, below all of them, so that none of
-those modules has to import the command line.
+The settings travel from the command line (:mod:`.main`) to the study storage (:mod:`.study`), the
+trials (:mod:`.trial`) and the outputs (:mod:`.outputs`); they live here, below all of them, so that
+none of those modules has to import the command line.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lightning_gaaf.cli.search_space import SearchSpace
+if TYPE_CHECKING:
+    from lightning_gaaf.cli.tune.search_space import SearchSpace
 
 PROG = "gaaf-tune"
 
@@ -38,6 +38,8 @@ class TuneSettings:
     workers: int = 1
     in_process: bool = True
     max_failures: int = 3
+    #: the command line (after ``gaaf-tune``) that made these settings; local workers are started with it
+    argv: list[str] = field(default_factory=list)
 
     @property
     def signature(self) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""``gaaf-tune``: Optuna hyper-parameter search over any ``gaaf-fit`` config (command line in :mod:`.main`)."""

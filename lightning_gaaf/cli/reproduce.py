@@ -21,7 +21,8 @@ Runs are resumable: a run whose ``stats/metrics.json`` holds test metrics is rea
 redone; an unfinished run directory is cleared and run again. ``fashion_mnist`` runs the same
 three configs with the Fashion-MNIST DataModule. ``--protocol slow`` uses
 ``configs/mnist_slow_{base,dropout,gaaf}.yaml`` (plain SGD, no momentum: the paper's slow regime).
-``--tune N`` compares the models after equal-budget tuning instead (:mod:`.reproduce_tune`).
+``--tune N`` compares the models after equal-budget tuning instead (:mod:`.reproduce_tune`);
+``--lr-study`` gives each model its own learning rate chosen on validation (:mod:`.reproduce_lr`).
 The configs are the bundled ones unless ``--configs DIR`` names another folder.
 """
 
@@ -196,6 +197,11 @@ def execute(cmd: list[str], log: Path, env: dict[str, str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--lr-study" in argv:  # each model at its own learning rate: its own options (reproduce_lr)
+        from lightning_gaaf.cli import reproduce_lr
+
+        return reproduce_lr.main([a for a in argv if a != "--lr-study"])
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", choices=sorted(DATAMODULE), help="which study to reproduce")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per model (0..N-1); default 5")

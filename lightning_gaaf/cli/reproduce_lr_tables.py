@@ -138,6 +138,7 @@ def figure(
 ) -> Path | None:
     """Validation accuracy over epochs at each model's rate: mean over seeds, min-max band."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -162,6 +163,20 @@ def figure(
         ax.axhline(target, color="grey", linestyle=":", linewidth=0.8)
     ax.set_ylim(min(targets) - 3, 100 if max(targets) > 95 else max(targets) + 3)
     ax.set_xscale("log")
+    ticks = [t for t in (1, 2, 3, 5, 10, 20, 30, 50, 100, 200) if t <= ax.get_xlim()[1]]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    for target in targets:
+        ax.annotate(
+            f"{target:g} %",
+            (1.0, target),
+            xycoords=("axes fraction", "data"),
+            fontsize=7,
+            xytext=(2, 0),
+            textcoords="offset points",
+            va="center",
+            color="grey",
+        )
     ax.set_xlabel("epoch (log scale)")
     ax.set_ylabel("validation accuracy %")
     ax.set_title(title, fontsize=10)
@@ -187,7 +202,10 @@ def write_tables(args: argparse.Namespace, records: Sequence[Mapping[str, Any]])
             finals[lp.CONTROL] = _final_runs(recs, lp.CONTROL, sels["base"].best_lr)
         finals = {m: [r for r in runs if m == lp.CONTROL or sels[m].final] for m, runs in finals.items()}
         targets = lp.TARGETS[dataset]
-        title = f"{dataset}, {lp.PROTOCOLS[protocol][1]}: each model at its own selected learning rate"
+        title = (
+            f"{dataset}, {lp.PROTOCOLS[protocol][1]}: each model at its own selected learning rate\n"
+            "line: mean over seeds; band: min-max over seeds"
+        )
         lines = [
             f"# Learning-rate study: {dataset}, {lp.PROTOCOLS[protocol][1]}",
             "",

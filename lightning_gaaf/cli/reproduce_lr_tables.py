@@ -53,13 +53,17 @@ def _final_runs(records: Sequence[Mapping[str, Any]], model: str, lr: float | No
     return sorted(runs, key=lambda r: r["seed"])
 
 
-def selection_table(sels: Mapping[str, lp.Selection]) -> list[str]:
+def selection_table(sels: Mapping[str, lp.Selection], records: Sequence[Mapping[str, Any]]) -> list[str]:
     lrs = sorted({lr for s in sels.values() for lr in s.grid})
     lines = [
         "| model | " + " | ".join(f"lr {lp.lr_label(lr)}" for lr in lrs) + " | selected lr | final |",
         "|---|" + "---|" * (len(lrs) + 2),
     ]
     for model, sel in sels.items():
+        epochs = {r["lr"]: r["best_epoch"] for r in records if r["model"] == model and r["seed"] == 0}
+        epochs = {
+            lr: next((e for k, e in epochs.items() if math.isclose(k, lr, rel_tol=1e-9)), "?") for lr in lrs
+        }
         cells = []
         for lr in lrs:
             sc = sel.scores.get(lr) if lr in sel.scores else "absent"
@@ -70,7 +74,7 @@ def selection_table(sels: Mapping[str, lp.Selection]) -> list[str]:
             elif not math.isfinite(sc[0]):
                 cells.append("diverged")
             else:
-                text = f"{sc[0]:.2f} / {-sc[1]:.4f}"
+                text = f"{sc[0]:.2f} / {-sc[1]:.4f} / {epochs[lr]}"
                 cells.append(f"**{text}**" if lr == sel.best_lr else text)
         final = ("yes" if sel.final else "no") + (f" (best at {sel.at_edge} edge)" if sel.at_edge else "")
         best = "n/a" if sel.best_lr is None else lp.lr_label(sel.best_lr)
@@ -109,11 +113,15 @@ def paired_lines(finals: Mapping[str, list[Mapping]], targets: Sequence[float]) 
                 continue
             d = [ra[s][target]["epoch"] - rb[s][target]["epoch"] for s in seeds]
             ratio = [ra[s][target]["epoch"] / rb[s][target]["epoch"] for s in seeds]
-            lines.append(
+            text = (
                 f"* {a} - {b}, epochs to {target:.1f} %: {statistics.fmean(d):+.1f} "
-                f"(sample std {statistics.stdev(d):.1f}; ratio {statistics.fmean(ratio):.2f}; "
-                f"n = {len(seeds)} paired seeds {seeds})"
+                f"(sample std {statistics.stdev(d):.1f}; ratio {statistics.fmean(ratio):.2f}"
             )
+            timed = [s for s in seeds if ra[s][target]["seconds"] and rb[s][target]["seconds"]]
+            if len(timed) == len(seeds):
+                wall = [ra[s][target]["seconds"] / rb[s][target]["seconds"] for s in seeds]
+                text += f"; wall-time ratio {statistics.fmean(wall):.2f} ({statistics.stdev(wall):.2f})"
+            lines.append(text + f"; n = {len(seeds)} paired seeds {seeds})")
     return lines
 
 
@@ -214,9 +222,9 @@ def write_tables(args: argparse.Namespace, records: Sequence[Mapping[str, Any]])
             "",
             "## 1. Learning-rate selection (validation only)",
             "",
-            f"Criterion: {lp.SELECTION}. Cells: val acc % at the best epoch / lowest val loss; bold = selected.",
+            f"Criterion: {lp.SELECTION}. Cells: val acc % at the best epoch / lowest val loss / that epoch; bold = selected.",
             "",
-            *selection_table(sels),
+            *selection_table(sels, recs),
             "",
             "## 2. Time to validation-accuracy targets, each model at its selected rate",
             "",

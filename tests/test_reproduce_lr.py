@@ -80,20 +80,25 @@ def test_control_follows_base_selection_at_base_rate():
     assert planned(records, seeds=2, models=("base",)) == [(lp.CONTROL, 0.2, 1)]
 
 
-def test_targets_give_the_first_epoch_its_step_and_the_summed_wall_time():
+def test_targets_give_the_first_epoch_its_step_and_the_summed_wall_and_cpu_time():
     epochs = [
-        {"epoch": 1, "step": 391, "val_acc": 96.5, "time_s": 10.0},
-        {"epoch": 2, "step": 782, "val_acc": 97.6, "time_s": 12.0},
-        {"epoch": 3, "step": 1173, "val_acc": 97.2, "time_s": 11.0},
-        {"epoch": 4, "step": 1564, "val_acc": 98.0, "time_s": 9.5},
+        {"epoch": 1, "step": 391, "val_acc": 96.5, "time_s": 10.0, "cpu_s": 8.0},
+        {"epoch": 2, "step": 782, "val_acc": 97.6, "time_s": 12.0, "cpu_s": 9.0},
+        {"epoch": 3, "step": 1173, "val_acc": 97.2, "time_s": 11.0, "cpu_s": 9.5},
+        {"epoch": 4, "step": 1564, "val_acc": 98.0, "time_s": 9.5, "cpu_s": 8.5},
     ]
     out = to_targets(epochs, (97.0, 97.5, 98.0, 98.5))
-    assert out[97.0] == {"epoch": 2, "step": 782, "seconds": 22.0}
-    assert out[97.5] == {"epoch": 2, "step": 782, "seconds": 22.0}
-    assert out[98.0] == {"epoch": 4, "step": 1564, "seconds": 42.5}
+    assert out[97.0] == {"epoch": 2, "step": 782, "seconds": 22.0, "cpu_seconds": 17.0}
+    assert out[97.5] == out[97.0]
+    assert out[98.0] == {"epoch": 4, "step": 1564, "seconds": 42.5, "cpu_seconds": 35.0}
     assert out[98.5] is None
-    epochs[0]["time_s"] = None  # an epoch without its time: no wall time, epochs and steps still exact
-    assert to_targets(epochs, (98.0,))[98.0] == {"epoch": 4, "step": 1564, "seconds": None}
+    epochs[0]["time_s"] = None  # an epoch without its time: no wall time, the rest still exact
+    assert to_targets(epochs, (98.0,))[98.0] == {
+        "epoch": 4,
+        "step": 1564,
+        "seconds": None,
+        "cpu_seconds": 35.0,
+    }
 
 
 def sgd(params):
@@ -137,7 +142,7 @@ def lr_study(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
         "--max-extensions", "0", "--seeds", "2", "--data-dir", str(tmp_path / "data"),
         "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"), *extra,
     ]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=tmp_path)
 
 
 def test_study_writes_one_record_per_run_and_skips_finished_runs(tmp_path):
@@ -157,7 +162,7 @@ def test_study_writes_one_record_per_run_and_skips_finished_runs(tmp_path):
     )
     assert [e["epoch"] for e in record["epochs"]] == [1, 2] and record["steps_per_epoch"] == 8
     assert [e["step"] for e in record["epochs"]] == [8, 16]
-    assert all(e["time_s"] > 0 for e in record["epochs"])
+    assert all(e["time_s"] > 0 and e["cpu_s"] > 0 for e in record["epochs"])
     assert record["train_time_s"] == pytest.approx(sum(e["time_s"] for e in record["epochs"]), abs=0.01)
     best = min(record["epochs"], key=lambda e: e["val_loss"])
     assert (record["best_epoch"], record["best_val_acc"]) == (best["epoch"], best["val_acc"])

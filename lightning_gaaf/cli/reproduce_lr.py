@@ -115,6 +115,7 @@ def summarize(args: argparse.Namespace, run: lp.Run, run_dir: Path, seconds: flo
             "epoch": e["epoch"], "step": e["step"], "val_acc": _pct(e.get("val/acc")),
             "val_loss": e.get("val/loss"), "train_acc": _pct(e.get("train/acc")),
             "time_s": None if e.get("time/epoch_s") is None else round(e["time/epoch_s"], 3),
+            "cpu_s": None if e.get("time/epoch_cpu_s") is None else round(e["time/epoch_cpu_s"], 3),
         }
         for e in metrics["epochs"]
     ]  # fmt: skip
@@ -134,6 +135,7 @@ def summarize(args: argparse.Namespace, run: lp.Run, run_dir: Path, seconds: flo
         "best_val_acc": None if best is None else best["val_acc"],
         "test_acc": _pct(metrics["test"]["test/acc"]), "test_loss": metrics["test"].get("test/loss"),
         "train_time_s": round(sum(e["time_s"] or 0.0 for e in epochs), 2),
+        "train_cpu_s": round(sum(e["cpu_s"] or 0.0 for e in epochs), 2),
         "process_time_s": round(seconds, 2),
         "grad_info": ((read_stats(grad) if grad else None) or {}).get("summary", {}),
         "predictions": f"predictions/{run.name}.npz",

@@ -25,15 +25,17 @@ COMPARISONS = (("gaaf", "base"), ("gaaf", "dropout"), ("gaaf", lp.CONTROL), (lp.
 
 def to_targets(epochs: Sequence[Mapping[str, Any]], targets: Sequence[float]) -> dict[float, dict | None]:
     """First epoch whose val accuracy (%) reaches each target: its epoch, optimizer step and the wall
-    time of the epochs up to it (None when an epoch lacks its time); None when never reached."""
+    and CPU time of the epochs up to it (None when an epoch lacks its time); None when never reached."""
     out: dict[float, dict | None] = {}
     for target in targets:
         out[target] = None
         elapsed: float | None = 0.0
+        cpu: float | None = 0.0
         for e in epochs:
             elapsed = None if elapsed is None or e.get("time_s") is None else elapsed + e["time_s"]
+            cpu = None if cpu is None or e.get("cpu_s") is None else cpu + e["cpu_s"]
             if e.get("val_acc") is not None and e["val_acc"] >= target:
-                out[target] = {"epoch": e["epoch"], "step": e["step"], "seconds": elapsed}
+                out[target] = {"epoch": e["epoch"], "step": e["step"], "seconds": elapsed, "cpu_seconds": cpu}
                 break
     return out
 
@@ -84,8 +86,8 @@ def selection_table(sels: Mapping[str, lp.Selection], records: Sequence[Mapping[
 
 def target_table(finals: Mapping[str, list[Mapping]], targets: Sequence[float]) -> list[str]:
     lines = [
-        "| model | lr | target val acc % | reached (of n) | epochs | optimizer steps | wall time s |",
-        "|---|---|---|---|---|---|---|",
+        "| model | lr | target val acc % | reached (of n) | epochs | optimizer steps | wall time s | CPU time s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for model, runs in finals.items():
         if not runs:
@@ -96,7 +98,7 @@ def target_table(finals: Mapping[str, list[Mapping]], targets: Sequence[float]) 
             lines.append(
                 f"| {model} | {lp.lr_label(runs[0]['lr'])} | {target:.1f} | {len(got)}/{len(runs)} "
                 f"| {_ms([h['epoch'] for h in got])} | {_ms([h['step'] for h in got], 0)} "
-                f"| {_ms([h['seconds'] for h in got])} |"
+                f"| {_ms([h['seconds'] for h in got])} | {_ms([h['cpu_seconds'] for h in got])} |"
             )
     return lines
 
@@ -117,10 +119,10 @@ def paired_lines(finals: Mapping[str, list[Mapping]], targets: Sequence[float]) 
                 f"* {a} - {b}, epochs to {target:.1f} %: {statistics.fmean(d):+.1f} "
                 f"(sample std {statistics.stdev(d):.1f}; ratio {statistics.fmean(ratio):.2f}"
             )
-            timed = [s for s in seeds if ra[s][target]["seconds"] and rb[s][target]["seconds"]]
-            if len(timed) == len(seeds):
-                wall = [ra[s][target]["seconds"] / rb[s][target]["seconds"] for s in seeds]
-                text += f"; wall-time ratio {statistics.fmean(wall):.2f} ({statistics.stdev(wall):.2f})"
+            for key, label in (("seconds", "wall-time"), ("cpu_seconds", "CPU-time")):
+                if all(ra[s][target][key] and rb[s][target][key] for s in seeds):
+                    r = [ra[s][target][key] / rb[s][target][key] for s in seeds]
+                    text += f"; {label} ratio {statistics.fmean(r):.2f} ({statistics.stdev(r):.2f})"
             lines.append(text + f"; n = {len(seeds)} paired seeds {seeds})")
     return lines
 
@@ -228,8 +230,10 @@ def write_tables(args: argparse.Namespace, records: Sequence[Mapping[str, Any]])
             "",
             "## 2. Time to validation-accuracy targets, each model at its selected rate",
             "",
-            "Mean (sample std) over the seeds that reached the target; wall time = sum of the epochs' "
-            "training+validation time (2 runs shared 2 busy cores: noisy; steps are exact).",
+            "Mean (sample std) over the seeds that reached the target; wall / CPU time = sum over the "
+            "epochs up to the target of their training+validation time (wall: 2 runs at nice 19 on 2 "
+            "cores shared with other work, very noisy; CPU time of the run's process: less so; "
+            "optimizer steps: exact).",
             "",
             *target_table(finals, targets),
             "",

@@ -72,7 +72,7 @@ def selection_table(sels: Mapping[str, lp.Selection], records: Sequence[Mapping[
             if sc == "absent":
                 cells.append("")
             elif sc is None:
-                cells.append("running")
+                cells.append("pending")
             elif not math.isfinite(sc[0]):
                 cells.append("diverged")
             else:

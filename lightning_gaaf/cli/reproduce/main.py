@@ -20,8 +20,9 @@ is that epoch's checkpoint on the official test set. A run that hits the cap is 
 Runs are resumable: a run whose ``stats/metrics.json`` holds test metrics is read back, not
 redone; an unfinished run directory is cleared and run again. ``fashion_mnist`` runs the same
 three configs with the Fashion-MNIST DataModule. ``--protocol slow`` uses
-``configs/mnist_slow_{base,dropout,gaaf}.yaml`` (plain SGD, no momentum: the paper's slow regime).
-``--tune N`` compares the models after equal-budget tuning instead (:mod:`.tuned`).
+``configs/mnist_slow_{base,dropout,gaaf}.yaml`` (plain SGD, no momentum: a slow regime of ours; the paper names no optimizer).
+``--tune N`` compares the models after equal-budget tuning instead (:mod:`.tuned`);
+``--lr-study`` gives each model its own learning rate chosen on validation (:mod:`.lr_study`).
 The configs are the bundled ones unless ``--configs DIR`` names another folder.
 """
 
@@ -116,6 +117,11 @@ def run_args(args: argparse.Namespace, configs: Path, model: str, seed: int, run
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--lr-study" in argv:  # each model at its own learning rate: its own options (lr_study)
+        from lightning_gaaf.cli.reproduce import lr_study
+
+        return lr_study.main([a for a in argv if a != "--lr-study"])
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", choices=sorted(DATAMODULE), help="which study to reproduce")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per model (0..N-1); default 5")

@@ -21,7 +21,7 @@ from lightning_gaaf.cli.logfile import output_to
 if TYPE_CHECKING:
     from lightning_gaaf.run.result import RunResult
 
-__all__ = ["Job", "Outcome", "run_jobs"]
+__all__ = ["Job", "Outcome", "run_job", "run_jobs"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,8 @@ class Outcome:
         return self.result is not None and self.result.exit_code == 0
 
 
-def _run(job: Job, env: dict[str, str]) -> Outcome:
+def run_job(job: Job, env: dict[str, str]) -> Outcome:
+    """Run one job in this process with ``env`` set (a pool worker's, or the caller's)."""
     import traceback
 
     os.environ.update(env)
@@ -72,11 +73,11 @@ def run_jobs(jobs: Sequence[Job], n_jobs: int, env: dict[str, str]) -> Iterator[
     """Run ``jobs`` (``n_jobs`` at once) with ``env`` set; yields each outcome as it is known, in order."""
     if n_jobs <= 1 or len(jobs) <= 1:
         for job in jobs:
-            outcome = _run(job, env)
+            outcome = run_job(job, env)
             yield outcome
             if outcome.result is not None and outcome.result.signal is not None:
                 return  # stopped by a signal: the reproduction stops too
         return
     with ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for outcome in pool.map(_run, jobs, [env] * len(jobs)):
+        for outcome in pool.map(run_job, jobs, [env] * len(jobs)):
             yield outcome

@@ -1,0 +1,280 @@
+"""``gaaf-reproduce --lr-study``: does GAAF train faster, or does it only take a bigger step?
+
+Each model (base, dropout, GAAF; the paper's MNIST MLP) gets its OWN learning rate, chosen on
+validation from a log grid (:mod:`.lr_plan`), in both protocols (SGD without momentum:
+``configs/mnist_slow_*``; with momentum 0.9: ``configs/mnist_*``), on MNIST and Fashion-MNIST; then
+``--seeds`` seeds train at that rate. A control trains base with GAAF's per-layer gradient ratios
+as per-layer learning-rate factors (``ImageClassifier(layer_lr_scale=...)``) at base's rate.
+Every run stops early on ``val/loss`` (``--patience``) or at ``--max-epochs``; its best-val/loss
+checkpoint is tested once, and the test set plays no part in any choice.
+
+Every finished run writes one small JSON, ``<out>/<dataset>/<protocol>/runs/<model>_lr<lr>_seed<s>.json``
+(per-epoch validation accuracy/loss, wall time and optimizer steps, best epoch, test accuracy) and
+its per-image test predictions ``predictions/<same name>.npz``; run directories with checkpoints go
+to ``--work-dir``. Rerunning the command skips finished runs and restarts unfinished ones; the
+tables and figures (:mod:`.lr_tables`) are rebuilt after every run, and on demand from
+whatever JSONs exist with ``--tables-only``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from lightning_gaaf.callbacks.predictions import FILENAME as PREDICTIONS_FILE
+from lightning_gaaf.cli.bundled import configs_dir
+from lightning_gaaf.cli.reproduce import lr_plan as lp
+from lightning_gaaf.cli.reproduce.runs import Job, Outcome, run_job
+
+PROG = "gaaf-reproduce --lr-study"
+DATAMODULE = {
+    "mnist": "lightning_gaaf.datamodules.MNISTDataModule",
+    "fashion_mnist": "lightning_gaaf.datamodules.FashionMNISTDataModule",
+}
+QUICK_ARGS = [
+    "--trainer.limit_train_batches", "8", "--trainer.limit_val_batches", "2",
+    "--trainer.limit_test_batches", "2", "--trainer.log_every_n_steps", "2",
+]  # fmt: skip
+#: Only what the study reads: gradient information (for the control's factors), epoch times, predictions.
+CALLBACKS = (
+    "[{class_path: lightning_gaaf.callbacks.GradInfoMonitor}, "
+    "{class_path: lightning_gaaf.callbacks.timing.EpochTimer}, "
+    "{class_path: lightning_gaaf.callbacks.predictions.TestPredictions}]"
+)
+
+
+def study_dir(out: Path, dataset: str, protocol: str) -> Path:
+    return out / dataset / protocol
+
+
+def record_path(out: Path, run: lp.Run) -> Path:
+    return study_dir(out, run.dataset, run.protocol) / "runs" / f"{run.name}.json"
+
+
+def load_records(out: Path) -> list[dict[str, Any]]:
+    """Every finished run's record under ``out`` (a JSON that does not parse is not finished)."""
+    records = []
+    for path in sorted(out.glob("*/*/runs/*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return records
+
+
+def fit_args(args: argparse.Namespace, run: lp.Run, run_dir: Path) -> list[str]:
+    """The ``gaaf-fit`` command line of one run: the published config, the run's rate and seed."""
+    prefix = lp.PROTOCOLS[run.protocol][0]
+    cmd = [
+        "--config", str(args.configs / f"{prefix}_{run.config_model}.yaml"),
+        "--run_dir", str(run_dir), "--seed_everything", str(run.seed),
+        "--data.class_path", DATAMODULE[run.dataset],
+        "--model.optimizer.init_args.lr", repr(run.lr),
+        "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+        "--trainer.max_epochs", str(args.max_epochs),
+        "--trainer.callbacks", CALLBACKS,
+        "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/loss",
+        "--trainer.callbacks.mode=min", f"--trainer.callbacks.patience={args.patience}",
+        "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.monitor=val/loss",
+        "--trainer.callbacks.mode=min", f"--trainer.callbacks.dirpath={run_dir / 'checkpoints'}",
+        "--trainer.callbacks.filename=best-epoch{epoch:03d}", "--trainer.callbacks.save_top_k=1",
+    ]  # fmt: skip
+    if run.model == lp.CONTROL:
+        cmd += ["--model.layer_lr_scale", json.dumps(lp.GAAF_GRAD_RATIO)]
+    if args.data_dir:
+        cmd += ["--data.init_args.root", str(args.data_dir)]
+    if args.val_size is not None:
+        cmd += ["--data.init_args.val_size", str(args.val_size)]
+    return cmd + (QUICK_ARGS if args.quick else [])
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else round(100.0 * value, 4)
+
+
+def summarize(args: argparse.Namespace, run: lp.Run, run_dir: Path, seconds: float) -> dict[str, Any] | None:
+    """The run's record, or None when it did not finish (no test metrics)."""
+    from lightning_gaaf.stats import find_stats_file, read_stats
+
+    try:
+        metrics = json.loads((run_dir / "stats" / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if metrics.get("test", {}).get("test/acc") is None or not metrics.get("epochs"):
+        return None
+    epochs = [
+        {
+            "epoch": e["epoch"], "step": e["step"], "val_acc": _pct(e.get("val/acc")),
+            "val_loss": e.get("val/loss"), "train_acc": _pct(e.get("train/acc")),
+            "time_s": None if e.get("time/epoch_s") is None else round(e["time/epoch_s"], 3),
+            "cpu_s": None if e.get("time/epoch_cpu_s") is None else round(e["time/epoch_cpu_s"], 3),
+        }
+        for e in metrics["epochs"]
+    ]  # fmt: skip
+    finite = [e for e in epochs if e["val_loss"] is not None]
+    best = min(finite, key=lambda e: e["val_loss"]) if finite else None
+    grad = find_stats_file(run_dir / "stats", "grad_info")
+    prefix = lp.PROTOCOLS[run.protocol][0]
+    return {
+        "dataset": run.dataset, "protocol": run.protocol, "model": run.model, "lr": run.lr, "seed": run.seed,
+        "config": f"configs/{prefix}_{run.config_model}.yaml",
+        "layer_lr_scale": lp.GAAF_GRAD_RATIO if run.model == lp.CONTROL else None,
+        "max_epochs": args.max_epochs, "patience": args.patience, "quick": args.quick,
+        "epochs_trained": len(epochs), "hit_cap": len(epochs) >= args.max_epochs,
+        "steps_per_epoch": epochs[0]["step"],
+        "best_epoch": None if best is None else best["epoch"],
+        "best_val_loss": None if best is None else best["val_loss"],
+        "best_val_acc": None if best is None else best["val_acc"],
+        "test_acc": _pct(metrics["test"]["test/acc"]), "test_loss": metrics["test"].get("test/loss"),
+        "train_time_s": round(sum(e["time_s"] or 0.0 for e in epochs), 2),
+        "train_cpu_s": round(sum(e["cpu_s"] or 0.0 for e in epochs), 2),
+        "process_time_s": round(seconds, 2),
+        "grad_info": ((read_stats(grad) if grad else None) or {}).get("summary", {}),
+        "predictions": f"predictions/{run.name}.npz",
+        "epochs": epochs,
+    }  # fmt: skip
+
+
+def job_for(args: argparse.Namespace, run: lp.Run) -> Job:
+    """The ``gaaf-fit`` job of one run, in a fresh run directory (an interrupted or failed one starts again)."""
+    run_dir = (args.work_dir / run.dataset / run.protocol / run.name).resolve()
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    return Job(run, tuple(fit_args(args, run, run_dir)), run_dir.parent / f"{run.name}.log")
+
+
+def record_outcome(args: argparse.Namespace, run: lp.Run, outcome: Outcome) -> int:
+    """On success write the run's record and predictions into ``--out``; the run's exit code."""
+    if not outcome.ok:
+        return (outcome.result.exit_code if outcome.result is not None else 0) or 1
+    run_dir = outcome.result.run_dir
+    record = summarize(args, run, run_dir, outcome.seconds)
+    folder = study_dir(args.out, run.dataset, run.protocol)
+    (folder / "predictions").mkdir(parents=True, exist_ok=True)
+    predictions = run_dir / "stats" / PREDICTIONS_FILE
+    if predictions.is_file():
+        shutil.copyfile(predictions, folder / record["predictions"])
+    else:
+        record["predictions"] = None
+    path = record_path(args.out, run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)  # the record appears whole or not at all
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--datasets", nargs="+", choices=sorted(DATAMODULE), default=["mnist", "fashion_mnist"]
+    )
+    parser.add_argument("--protocols", nargs="+", choices=list(lp.PROTOCOLS), default=list(lp.PROTOCOLS))
+    parser.add_argument("--models", nargs="+", choices=lp.MODELS, default=list(lp.MODELS))
+    parser.add_argument("--no-control", action="store_true", help="skip the per-layer-lr control of base")
+    parser.add_argument("--grid", nargs="+", type=float, default=None, help="initial grid for every protocol")
+    parser.add_argument("--max-extensions", type=int, default=2, help="grid steps added per edge; default 2")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per model at its rate; default 5")
+    parser.add_argument("--max-epochs", type=int, default=100, help="epoch cap per run; default 100")
+    parser.add_argument("--patience", type=int, default=10, help="early stopping on val/loss; default 10")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once; default 2")
+    parser.add_argument("--out", default="reproduce/lr_study", help="result JSONs and tables")
+    parser.add_argument("--work-dir", default="runs/lr_study", help="run directories (checkpoints, logs)")
+    parser.add_argument("--data-dir", default=None, help="dataset root; default $GAAF_DATA_DIR")
+    parser.add_argument("--configs", default=None, help="folder with the mnist*_*.yaml configs")
+    parser.add_argument("--val-size", type=int, default=None, help="validation images; default the config's")
+    parser.add_argument("--tables-only", action="store_true", help="rebuild tables/figures from the JSONs")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 2 epochs of a few batches")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.max_epochs, args.patience = min(args.max_epochs, 2), min(args.patience, 1)
+        args.val_size = 500 if args.val_size is None else args.val_size
+    if min(args.seeds, args.max_epochs, args.patience, args.jobs) < 1 or args.max_extensions < 0:
+        parser.error("--seeds, --max-epochs, --patience and --jobs must be >= 1, --max-extensions >= 0")
+    if args.grid is not None and min(args.grid) <= 0:
+        parser.error("--grid: learning rates must be > 0")
+    args.grids = {p: tuple(args.grid) for p in lp.PROTOCOLS} if args.grid else dict(lp.GRIDS)
+    args.data_dir = args.data_dir or os.environ.get("GAAF_DATA_DIR")
+    args.configs = Path(args.configs) if args.configs else configs_dir()
+    args.out, args.work_dir = Path(args.out), Path(args.work_dir)
+    args.studies = [(d, p) for d in args.datasets for p in args.protocols]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from lightning_gaaf.cli.reproduce.lr_tables import write_tables
+
+    args = parse_args(argv)
+    missing = [
+        f"{prefix}_{m}.yaml"
+        for prefix, _ in lp.PROTOCOLS.values()
+        for m in lp.MODELS
+        if not (args.configs / f"{prefix}_{m}.yaml").is_file()
+    ]
+    if missing:
+        raise SystemExit(
+            f"{PROG}: error: {', '.join(missing)} not found in {args.configs}; pass --configs DIR"
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.tables_only:
+        written = write_tables(args, load_records(args.out))
+        print(f"{PROG}: wrote {', '.join(str(p) for p in written) or 'nothing (no finished runs)'}")
+        return
+    env = dict(os.environ)
+    env.pop("WANDB_SERVICE", None)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("WANDB_MODE", "disabled")
+
+    def todo() -> list[lp.Run]:
+        return lp.plan(
+            args.studies, load_records(args.out), args.seeds, args.max_extensions,
+            control=not args.no_control, grids=args.grids, models=args.models,
+        )  # fmt: skip
+
+    print(f"{PROG}: {len(load_records(args.out))} finished run(s) found in {args.out}", flush=True)
+    running: dict[lp.Run, Future] = {}
+    failed: set[lp.Run] = set()
+    trained = 0
+    # Each run is lightning_gaaf.run.fit_and_test in a worker process (a fit owns its process).
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while True:
+            for run in todo():
+                if len(running) >= args.jobs:
+                    break
+                if run not in running and run not in failed:
+                    print(f"{PROG}: start {run.dataset}/{run.protocol}/{run.name}", flush=True)
+                    running[run] = pool.submit(run_job, job_for(args, run), env)
+            if not running:
+                break
+            finished, _ = wait(running.values(), return_when=FIRST_COMPLETED)
+            for run in [r for r, f in running.items() if f in finished]:
+                outcome = running.pop(run).result()
+                code, seconds = record_outcome(args, run, outcome), outcome.seconds
+                status = "ok" if code == 0 else f"FAILED (exit {code}; log in {args.work_dir})"
+                print(
+                    f"{PROG}: {run.dataset}/{run.protocol}/{run.name}: {status} in {seconds:.0f} s",
+                    flush=True,
+                )
+                if code == 0:
+                    trained += 1
+                else:
+                    failed.add(run)
+            write_tables(args, load_records(args.out))
+    write_tables(args, load_records(args.out))
+    print(f"{PROG}: trained {trained} run(s); {len(failed)} failed; results in {args.out}", flush=True)
+    if failed:
+        raise SystemExit(
+            f"{PROG}: error: {len(failed)} run(s) failed: {', '.join(r.name for r in sorted(failed))}"
+        )
+
+
+if __name__ == "__main__":
+    main()

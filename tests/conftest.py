@@ -1,4 +1,4 @@
-"""Shared test settings: W&B never goes online from the test suite."""
+"""Shared test settings (W&B never goes online from the test suite) and the fixtures several files share."""
 
 import os
 from pathlib import Path
@@ -21,6 +21,24 @@ def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mnist")
     write_mnist(root, n_train=256, n_test=64, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def logged_fit(tmp_path_factory: pytest.TempPathFactory):
+    """One tiny fit with every monitor and all four loggers (see ``_logged_fit.py``), shared by the logger tests."""
+    from _logged_fit import run_logged_fit
+
+    return run_logged_fit(tmp_path_factory.mktemp("logged_fit"))
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path):
+    """One tiny gaaf-fit of mnist_gaaf in this process, W&B and three more loggers on (``_fit_helpers.py``):
+    3 epochs of 6 steps on the synthetic MNIST, for tests that read a finished run rather than start one."""
+    from _cli_helpers import CONFIGS, tiny
+    from _fit_helpers import reference_run
+
+    return reference_run(tmp_path_factory.mktemp("reference_run"), mnist_dir, CONFIGS, tiny(3, 6))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:

@@ -1,7 +1,8 @@
 """Every Lightning logger gets the monitors' scalars; TensorBoard also gets histograms and images.
 
 Read back from the files the loggers wrote: TensorBoard's own event reader, the CSV rows, MLflow's
-client (MLflow has no histograms: they are skipped without error). W&B: test_callbacks_wandb.py.
+client (MLflow has no histograms: they are skipped without error). The fit is the one the logger
+tests share (``logged_fit`` in conftest.py); its W&B run: test_callbacks_wandb.py.
 """
 
 from __future__ import annotations
@@ -10,36 +11,15 @@ import csv
 
 import numpy as np
 import pytest
-from _monitor_helpers import TinyData, TinyModule, mlp, trainer
-from pytorch_lightning.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
-
-from lightning_gaaf.callbacks import GradInfoMonitor, SaturationMonitor, WeightHistMonitor
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 mlflow = pytest.importorskip("mlflow")
 
 
 @pytest.fixture(scope="module")
-def logged(tmp_path_factory):
-    root = tmp_path_factory.mktemp("loggers")
-    loggers = [
-        TensorBoardLogger(root, name="tb", version=0),
-        CSVLogger(root, name="csv", version=0),
-        MLFlowLogger(experiment_name="monitors", tracking_uri=f"sqlite:///{root / 'mlflow.db'}"),
-    ]
-    callbacks = [
-        GradInfoMonitor(log_every_n_steps=2),
-        SaturationMonitor(log_every_n_steps=2, bins=10, value_range=(-2, 2)),
-        WeightHistMonitor(bins=8),
-    ]
-    fit = trainer(root, callbacks, max_steps=4, logger=loggers)
-    model = TinyModule(mlp())
-    fit.fit(model, datamodule=TinyData())
-    fit.test(model, datamodule=TinyData())
-    for logger in loggers:
-        logger.finalize("success")
+def logged(logged_fit):
     events = event_accumulator.EventAccumulator(
-        str(root / "tb" / "version_0"),
+        str(logged_fit.root / "tb" / "version_0"),
         size_guidance={
             event_accumulator.SCALARS: 0,
             event_accumulator.HISTOGRAMS: 0,
@@ -47,16 +27,16 @@ def logged(tmp_path_factory):
         },
     )
     events.Reload()
-    return root, loggers, callbacks, events
+    return logged_fit.root, logged_fit.mlflow, (logged_fit.grad, logged_fit.sat, logged_fit.weights), events
 
 
 def test_tensorboard_scalars_histograms_and_images(logged):
     _, _, (grad, sat, weights), events = logged
-    scalars = events.Scalars("gaaf/grad_info/backbone.2")
+    scalars = events.Scalars("gaaf/grad_info/backbone.3")
     assert [e.step for e in scalars] == [1, 3] == grad.steps
-    assert [e.value for e in scalars] == pytest.approx(grad.history["backbone.2"], rel=1e-6)
-    assert [e.value for e in events.Scalars("gaaf/net_std/backbone.3")] == pytest.approx(
-        sat.history["backbone.3"]["std"], rel=1e-6
+    assert [e.value for e in scalars] == pytest.approx(grad.history["backbone.3"], rel=1e-6)
+    assert [e.value for e in events.Scalars("gaaf/net_std/backbone.4")] == pytest.approx(
+        sat.history["backbone.4"]["std"], rel=1e-6
     )
 
     hists = events.Histograms("gaaf/net_hist/backbone.1")
@@ -66,8 +46,8 @@ def test_tensorboard_scalars_histograms_and_images(logged):
         assert list(value.bucket) == counts
         assert list(value.bucket_limit) == pytest.approx(sat.edges[1:].tolist())
         assert value.num == sum(counts)
-    (test_hist,) = events.Histograms("gaaf/net_hist_test/backbone.3")
-    assert list(test_hist.histogram_value.bucket) == sat.eval_stats["backbone.3"]["hist"]
+    (test_hist,) = events.Histograms("gaaf/net_hist_test/backbone.4")
+    assert list(test_hist.histogram_value.bucket) == sat.eval_stats["backbone.4"]["hist"]
     init, final = events.Histograms("gaaf/weight_hist/backbone.0")
     assert list(init.histogram_value.bucket) == weights.records["backbone.0"]["init"]["counts"]
     assert list(final.histogram_value.bucket) == weights.records["backbone.0"]["final"]["counts"]
@@ -95,12 +75,12 @@ def test_csv_rows_hold_the_scalars_at_their_steps(logged):
 
 
 def test_mlflow_gets_scalars_and_no_media(logged):
-    root, (_, _, ml), (grad, sat, _), _ = logged
+    root, ml, (grad, sat, _), _ = logged
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    history = client.get_metric_history(ml.run_id, "gaaf/grad_info/backbone.4")
+    history = client.get_metric_history(ml.run_id, "gaaf/grad_info/backbone.6")
     assert [m.step for m in history] == [1, 3]
-    assert [m.value for m in history] == pytest.approx(grad.history["backbone.4"], rel=1e-6)
-    (saturation,) = client.get_metric_history(ml.run_id, "gaaf/saturation_test/backbone.3")
-    assert saturation.value == pytest.approx(sat.eval_stats["backbone.3"]["saturation"], rel=1e-6)
+    assert [m.value for m in history] == pytest.approx(grad.history["backbone.6"], rel=1e-6)
+    (saturation,) = client.get_metric_history(ml.run_id, "gaaf/saturation_test/backbone.4")
+    assert saturation.value == pytest.approx(sat.eval_stats["backbone.4"]["saturation"], rel=1e-6)
     keys = set(client.get_run(ml.run_id).data.metrics)
     assert not any("hist" in key for key in keys) and np.isfinite(saturation.value)

@@ -5,56 +5,28 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
-import wandb
-from _monitor_helpers import TinyData, TinyModule, mlp, trainer
-from pytorch_lightning.loggers import WandbLogger
-
-from lightning_gaaf.callbacks import (
-    GradInfoMonitor,
-    NetVarMonitor,
-    NodeCorrelationMonitor,
-    SaturationMonitor,
-    WeightHistMonitor,
-)
-
-
-def leet(run_dir: Path, *flags: str) -> str:
-    return subprocess.run(
-        ["wandb", "leet", "inspect", "--json", *flags, str(run_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-        env={**os.environ, "WANDB_MODE": "offline"},
-    ).stdout
+from _logged_fit import leet_inspect, wandb_history, wandb_summary
 
 
 @pytest.fixture(scope="module")
-def wandb_fit(tmp_path_factory):
-    root = tmp_path_factory.mktemp("wandb_run")
-    logger = WandbLogger(offline=True, save_dir=str(root), project="gaaf-tests")
-    callbacks = [
-        GradInfoMonitor(log_every_n_steps=2),
-        SaturationMonitor(log_every_n_steps=2, bins=10, value_range=(-2, 2)),
-        NetVarMonitor(log_every_n_steps=2, repeats=3),
-        NodeCorrelationMonitor(thresholds=(0.5,)),
-        WeightHistMonitor(bins=8),
-    ]
-    try:
-        fit = trainer(root, callbacks, max_steps=4, logger=logger)
-        model = TinyModule(mlp(dropout=0.2))
-        fit.fit(model, datamodule=TinyData())
-        fit.test(model, datamodule=TinyData())
-        run_dir = Path(logger.experiment.dir).parent
-    finally:
-        wandb.finish()
-    records = [json.loads(line) for line in leet(run_dir).splitlines() if line.strip()]
-    history = [r["history"]["item"] for r in records if r.get("type") == "history"]
-    summary = json.loads(leet(run_dir, "--summary"))["summary"]
-    return root, callbacks, history, summary
+def wandb_fit(logged_fit):
+    fit = logged_fit
+    callbacks = (fit.grad, fit.sat, fit.var, fit.corr, fit.weights)
+    return fit.root, callbacks, wandb_history(fit.wandb_run), wandb_summary(fit.wandb_run)
+
+
+def test_direct_reads_give_what_the_wandb_command_gives(logged_fit):
+    """``leet_inspect`` skips the ``wandb`` command's Python start-up: same arguments, same records."""
+    command = ["wandb", "leet", "inspect", "--json", str(logged_fit.wandb_run)]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    through_cli = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120, env=env)
+    lines = [json.loads(line) for line in through_cli.stdout.splitlines() if line.strip()]
+    assert any(r.get("type") == "history" for r in lines)
+    assert [
+        json.loads(line) for line in leet_inspect(logged_fit.wandb_run).splitlines() if line.strip()
+    ] == lines
 
 
 def rows_with(history: list[dict], key: str) -> list[dict]:

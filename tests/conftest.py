@@ -11,6 +11,10 @@ os.environ.setdefault("WANDB_CONSOLE", "off")
 # Inductor compilation takes seconds per shape; unit tests check the math on the eager path and
 # test the compiled path explicitly where it matters.
 os.environ.setdefault("GAAF_BACKEND", "eager")
+# One thread count for every run of the suite, in-process or not, whatever the machine's load: the
+# resume tests compare weights bit for bit, which holds for the same thread count only. The policy
+# itself is tested in test_threads.py and test_run_outcome.py.
+os.environ.setdefault("GAAF_THREADS", "off")
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ The names, arguments, keys and files are tabulated in ``docs/monitors.md``.
 
 from __future__ import annotations
 
+from lightning_gaaf.callbacks._base import Monitor
 from lightning_gaaf.callbacks.correlation import NodeCorrelationMonitor
 from lightning_gaaf.callbacks.gradient import GradInfoMonitor
 from lightning_gaaf.callbacks.guard import GradScaleMonitor
@@ -26,6 +27,7 @@ __all__ = [
     "GradInfoMonitor",
     "GradScaleMonitor",
     "MetricsMonitor",
+    "Monitor",
     "NetVarMonitor",
     "NodeCorrelationMonitor",
     "SaturationMonitor",

@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
+from lightning_gaaf.cli.threads import start_threads
 from lightning_gaaf.run.bundled import format_config_list
 from lightning_gaaf.run.composition import UsageError, condense, expand_config_args
 from lightning_gaaf.run.directory import RUN_CONFIG
@@ -67,6 +68,13 @@ def report(result: RunResult) -> None:
             message += f"; continue with: {resume_command(result)}"
         sys.stderr.write(message + "\n")
         sys.stderr.flush()
+    if result.diverged is not None:
+        d = result.diverged
+        sys.stderr.write(
+            f"{PROG}: the run diverged: {d['key']} was {d['value']} at step {d['step']}"
+            f" (exit {result.exit_code}); try a smaller learning rate\n"
+        )
+        sys.stderr.flush()
     print(f"{PROG}: run directory: {result.run_dir}")
     if result.best_checkpoint is not None:
         print(f"{PROG}: best checkpoint: {result.best_checkpoint}")
@@ -100,8 +108,11 @@ def main(args: Sequence[str] | None = None) -> None:
         expand_config_args(argv)  # a config that does not exist: one line, before any heavy import
     except UsageError as exc:
         fail(str(exc))
+    policy = start_threads(PROG)  # before torch is imported: the OpenMP runtime reads it once
     from lightning_gaaf.run import fit_and_test
 
+    if _is_rank_zero():
+        print(f"{PROG}: {policy.describe()}", flush=True)
     quiet_startup_noise()
     try:
         result = fit_and_test(argv)

@@ -36,7 +36,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lightning_gaaf.callback import GAAFCallback
-from lightning_gaaf.callbacks import MetricsMonitor
+from lightning_gaaf.callbacks import MetricsMonitor, Monitor
 from lightning_gaaf.run.bundled import configs_dir
 from lightning_gaaf.run.checkpoints import BestCheckpoint, LastCheckpoint
 from lightning_gaaf.run.composition import UsageError, condense, config_name, expand_config_args
@@ -220,6 +220,11 @@ class GaafCLI(LightningCLI):
         if not any(isinstance(c, MetricsMonitor) for c in callbacks):
             # The epoch records: the run's result (RunResult.metrics) and <run_dir>/stats/metrics.json.
             callbacks.append(MetricsMonitor())
+        if self.run_dir is not None:
+            # The run's statistics belong in the run directory, whichever logger comes first.
+            for callback in callbacks:
+                if isinstance(callback, Monitor) and callback.dirpath is None:
+                    callback.dirpath = self.run_dir
         checkpoints = Path(self.run_dir or ".") / CHECKPOINTS
         if trainer_cfg.get("enable_checkpointing") is not False:
             if not any(isinstance(c, ModelCheckpoint) for c in callbacks):

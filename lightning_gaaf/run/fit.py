@@ -28,10 +28,11 @@ from lightning_gaaf.run.checkpoints import LastCheckpoint
 from lightning_gaaf.run.composition import UsageError
 from lightning_gaaf.run.directory import RUN_DIR_ENV
 from lightning_gaaf.run.pruning import TrialPruning
-from lightning_gaaf.run.result import RunResult
+from lightning_gaaf.run.result import DIVERGED_EXIT_CODE, RunResult
 from lightning_gaaf.run.resume import UnusableCheckpointError, check_checkpoint
 from lightning_gaaf.run.signals import StopSignals, exit_code
 from lightning_gaaf.run.wandb_run import finish_wandb, mark_wandb_interrupted
+from lightning_gaaf.stats import StatsWriteError
 
 __all__ = ["fit_and_test"]
 
@@ -45,7 +46,8 @@ SETUP_ERRORS = (
 )
 #: The same kind of mistake found once training runs (data read in ``prepare_data``/``setup``, a model
 #: without ``training_step``). Anything else raised inside training is a bug and keeps its traceback.
-RUN_ERRORS = (MisconfigurationException, DatasetNotFoundError, DatasetCorruptedError)
+#: A statistics file that cannot be written (a full disk) is reported the same way: one line.
+RUN_ERRORS = (MisconfigurationException, DatasetNotFoundError, DatasetCorruptedError, StatsWriteError)
 
 
 def _test(trainer: Trainer, model: Any, data: Any) -> None:
@@ -65,6 +67,9 @@ def _result(cli: GaafCLI, code: int, signum: int | None = None) -> RunResult:
     last = next((c.path for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
     history = next((c for c in trainer.callbacks if isinstance(c, MetricsMonitor)), None)
     pruning = next((c for c in trainer.callbacks if isinstance(c, TrialPruning)), None)
+    diverged = history.diverged if history is not None else None
+    if code == 0 and diverged is not None:
+        code = DIVERGED_EXIT_CODE
     return RunResult(
         exit_code=code,
         run_dir=Path(cli.run_dir or trainer.default_root_dir).absolute(),
@@ -74,6 +79,7 @@ def _result(cli: GaafCLI, code: int, signum: int | None = None) -> RunResult:
         test=dict(history.test) if history is not None else {},
         pruned_at=pruning.pruned_at if pruning is not None else None,
         signal=signum,
+        diverged=diverged,
     )
 
 

@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunResult"]
+__all__ = ["DIVERGED_EXIT_CODE", "RunResult"]
+
+#: Exit status of a run whose loss or a logged metric became NaN or infinite (the fit itself finished).
+DIVERGED_EXIT_CODE = 3
 
 
 @dataclass
@@ -14,8 +17,8 @@ class RunResult:
     """The outcome of :func:`~lightning_gaaf.run.fit_and_test`, read directly by the programs.
 
     Attributes:
-        exit_code: the process status the run stands for: 0 finished (also when pruned), 128 + signal
-            number when a signal stopped it (143 SIGTERM, 130 SIGINT).
+        exit_code: the process status the run stands for: 0 finished (also when pruned), 3 finished but
+            diverged, 128 + signal number when a signal stopped it (143 SIGTERM, 130 SIGINT).
         run_dir: the run directory (``config.yaml``, ``checkpoints/``, ``stats/``).
         best_checkpoint: the best checkpoint the run's ``ModelCheckpoint`` kept, if any.
         last_checkpoint: ``checkpoints/last.ckpt`` if written (the state to continue from).
@@ -23,6 +26,8 @@ class RunResult:
         test: the test metrics (empty when the run was not tested).
         pruned_at: the epoch after which a pruning callback stopped the run, else ``None``.
         signal: the signal number that stopped the run, else ``None``.
+        diverged: the first non-finite value the run logged (``{"step", "key", "value"}``), else
+            ``None``; such a run ends with exit code :data:`DIVERGED_EXIT_CODE`.
     """
 
     exit_code: int
@@ -33,6 +38,7 @@ class RunResult:
     test: dict[str, float] = field(default_factory=dict)
     pruned_at: int | None = None
     signal: int | None = None
+    diverged: dict[str, Any] | None = None
 
     @property
     def interrupted(self) -> bool:

@@ -28,10 +28,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from pathlib import Path
 from typing import Any
 
-from lightning_gaaf.callbacks.predictions import FILENAME as PREDICTIONS_FILE
-from lightning_gaaf.cli.bundled import configs_dir
 from lightning_gaaf.cli.reproduce import lr_plan as lp
 from lightning_gaaf.cli.reproduce.runs import Job, Outcome, run_job
+from lightning_gaaf.cli.threads import start_threads
+from lightning_gaaf.run.bundled import configs_dir
 
 PROG = "gaaf-reproduce --lr-study"
 DATAMODULE = {
@@ -159,6 +159,8 @@ def record_outcome(args: argparse.Namespace, run: lp.Run, outcome: Outcome) -> i
     record = summarize(args, run, run_dir, outcome.seconds)
     folder = study_dir(args.out, run.dataset, run.protocol)
     (folder / "predictions").mkdir(parents=True, exist_ok=True)
+    from lightning_gaaf.callbacks.predictions import FILENAME as PREDICTIONS_FILE
+
     predictions = run_dir / "stats" / PREDICTIONS_FILE
     if predictions.is_file():
         shutil.copyfile(predictions, folder / record["predictions"])
@@ -228,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         written = write_tables(args, load_records(args.out))
         print(f"{PROG}: wrote {', '.join(str(p) for p in written) or 'nothing (no finished runs)'}")
         return
+    print(f"{PROG}: {start_threads(PROG).describe()}", flush=True)  # before torch is imported
     env = dict(os.environ)
     env.pop("WANDB_SERVICE", None)
     env.setdefault("OMP_NUM_THREADS", "1")

@@ -41,6 +41,7 @@ from typing import Any
 from lightning_gaaf.cli.reproduce.runs import Job, run_jobs
 from lightning_gaaf.cli.reproduce.summary import hardware, load_metrics, net_figure, summarize_run, versions
 from lightning_gaaf.cli.reproduce.tables import MODELS, PAPER_TABLE4, table1, table2, table3, table4
+from lightning_gaaf.cli.threads import start_threads
 from lightning_gaaf.run.bundled import configs_dir
 
 __all__ = ["main"]
@@ -162,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (each gets cores/jobs threads)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 2 epochs, a few batches")
     args = parser.parse_args(argv)
+    print(f"{PROG}: {start_threads(PROG).describe()}", flush=True)  # before torch is imported
     if args.quick:
         args.seeds = min(args.seeds, 1 if args.tune is None else 2)
         args.max_epochs, args.patience = min(args.max_epochs, 2), min(args.patience, 1)

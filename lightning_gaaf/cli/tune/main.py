@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lightning_gaaf.cli.threads import start_threads
 from lightning_gaaf.cli.tune.settings import PROG, TuneError, TuneSettings
 
 if TYPE_CHECKING:
@@ -208,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, fit_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     args = build_parser().parse_args(own)
+    print(f"{PROG}: {start_threads(PROG).describe()}", flush=True)  # before torch is imported
     from lightning_gaaf.cli.tune.search_space import SearchSpaceError
     from lightning_gaaf.cli.tune.storage import PrunerSpecError, StorageError
 

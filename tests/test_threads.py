@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,34 @@ def test_a_seeded_training_repeats_bit_for_bit_with_the_same_thread_count() -> N
     second = _python(APPLY_FIRST + SEEDED_TRAINING, GAAF_THREADS="2")
     assert first.startswith("2 ") and len(first.split()[1]) == 64
     assert first == second
+
+
+def test_oversubscription_names_the_fix() -> None:
+    from lightning_gaaf.run.threads import oversubscription
+
+    assert oversubscription(2, 1, 2) is None
+    assert oversubscription(1, 2, 2) is None
+    three = oversubscription(3, 1, 2)
+    assert three == (
+        "3 process(es) x 1 thread(s) on 2 usable core(s): they will compete for the CPU; use --trainer.devices 2"
+    )
+    assert oversubscription(2, 2, 2).endswith("use GAAF_THREADS=1")
+
+
+def test_a_cpu_run_with_more_processes_than_cores_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pytorch_lightning as pl
+
+    from lightning_gaaf.run import fit as run_fit
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(run_fit, "usable_cores", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=3, strategy="ddp", logger=False, enable_checkpointing=False
+    )
+    with pytest.warns(UserWarning, match=r"3 process\(es\) x 1 thread\(s\) on 2 usable core\(s\)"):
+        run_fit._warn_oversubscription(trainer)
+    two = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_fit._warn_oversubscription(two)

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from pytorch_lightning import Callback, Trainer
+from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.model_helpers import is_overridden
-from pytorch_lightning.utilities.rank_zero import rank_zero_info
+from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from lightning_gaaf.callbacks import MetricsMonitor
 from lightning_gaaf.datamodules import DatasetCorruptedError, DatasetNotFoundError
@@ -31,6 +32,7 @@ from lightning_gaaf.run.pruning import TrialPruning
 from lightning_gaaf.run.result import DIVERGED_EXIT_CODE, RunResult
 from lightning_gaaf.run.resume import UnusableCheckpointError, check_checkpoint
 from lightning_gaaf.run.signals import StopSignals, exit_code
+from lightning_gaaf.run.threads import oversubscription, usable_cores
 from lightning_gaaf.run.wandb_run import finish_wandb, mark_wandb_interrupted
 from lightning_gaaf.stats import StatsWriteError
 
@@ -59,6 +61,19 @@ def _test(trainer: Trainer, model: Any, data: Any) -> None:
     # The file itself, not "best": Lightning would warn that several ModelCheckpoints exist (LastCheckpoint).
     best = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path else None
     trainer.test(model, datamodule=data, ckpt_path=best)
+
+
+def _warn_oversubscription(trainer: Trainer) -> None:
+    """Warn (rank 0) when a CPU run starts more processes x threads than the cores it may use."""
+    if not isinstance(trainer.accelerator, CPUAccelerator) or trainer.num_devices < 2:
+        return
+    cores = usable_cores()
+    processes = trainer.num_devices
+    # Lightning gives each CPU process cores // processes threads unless OMP_NUM_THREADS is set.
+    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // processes))
+    message = oversubscription(processes, threads, cores)
+    if message is not None:
+        rank_zero_warn(message)
 
 
 def _result(cli: GaafCLI, code: int, signum: int | None = None) -> RunResult:
@@ -127,6 +142,7 @@ def _fit(cli: GaafCLI, signals: StopSignals, owns_run_dir_env: bool, test: bool)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     if cli.run_dir is not None:  # DDP worker processes inherit the environment at launch
         os.environ[RUN_DIR_ENV] = str(cli.run_dir)
+    _warn_oversubscription(trainer)
     try:
         with signals:
             trainer.fit(model, datamodule=data, ckpt_path=cli.config.get("ckpt_path"))

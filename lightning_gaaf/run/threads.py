@@ -261,3 +261,20 @@ def apply_thread_policy(policy: ThreadPolicy, environ: MutableMapping[str, str] 
     torch = sys.modules.get("torch")
     if torch is not None and policy.threads is not None and torch.get_num_threads() != policy.threads:
         torch.set_num_threads(policy.threads)
+
+
+def oversubscription(processes: int, threads: int, cores: int) -> str | None:
+    """A one-line warning when ``processes`` × ``threads`` exceed the ``cores`` a run may use, else None.
+
+    More runnable threads than cores make each wait for the others (and spin, under OpenMP): a CPU
+    run with ``--trainer.devices 3`` on two cores is slower than one with two, not faster.
+    """
+    if processes * threads <= cores:
+        return None
+    fewer = (
+        f"--trainer.devices {cores}" if processes > cores else f"GAAF_THREADS={max(1, cores // processes)}"
+    )
+    return (
+        f"{processes} process(es) x {threads} thread(s) on {cores} usable core(s): they will compete for "
+        f"the CPU; use {fewer}"
+    )

@@ -79,3 +79,17 @@ def test_the_run_header_names_the_thread_policy(tmp_path: Path, mnist_dir: Path)
     first = result.stdout.splitlines()[0]
     assert first.startswith("gaaf-fit: threads: 1 ") and "GAAF_THREADS=1" in first, first
     assert os.environ.get("GAAF_THREADS") == "off"  # the program's environment did not leak
+
+
+def test_the_wandb_logger_starts_without_the_retired_anonymous_setting(tmp_path: Path) -> None:
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import WandbLogger
+
+    from lightning_gaaf.run.wandb_run import drop_anonymous_setting
+
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True)
+    # Lightning's private init arguments: if this fails, Lightning renamed them; revisit drop_anonymous_setting.
+    assert logger._wandb_init["anonymous"] is None
+    trainer = pl.Trainer(logger=logger, default_root_dir=tmp_path, enable_checkpointing=False)
+    drop_anonymous_setting(trainer)
+    assert "anonymous" not in logger._wandb_init and logger._wandb_init["project"] == "lightning_logs"

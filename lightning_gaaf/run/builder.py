@@ -44,6 +44,7 @@ from lightning_gaaf.run.config import DEFAULT_LOGGER, SaveRunConfig, described_c
 from lightning_gaaf.run.directory import CHECKPOINTS, RUN_CONFIG, RUN_DIR_ENV, RUNS_DIR, RunDirectory
 from lightning_gaaf.run.random_state import RandomState
 from lightning_gaaf.run.resume import resolve_checkpoint
+from lightning_gaaf.run.wandb_run import drop_anonymous_setting
 
 __all__ = ["GaafCLI", "PROG"]
 
@@ -232,13 +233,15 @@ class GaafCLI(LightningCLI):
             # last.ckpt every epoch and at a graceful stop, with the random generators' state.
             callbacks += [LastCheckpoint(checkpoints), RandomState()]
         try:
-            return super().instantiate_trainer(callbacks=callbacks, **kwargs)
+            trainer = super().instantiate_trainer(callbacks=callbacks, **kwargs)
         except (MisconfigurationException, ValueError, TypeError, ImportError) as exc:
             # Trainer(...) validates accelerator/devices/strategy/precision; name what was asked for.
             chosen = ", ".join(
                 f"{key}={trainer_cfg.get(key)}" for key in ("accelerator", "devices", "strategy", "precision")
             )
             raise UsageError(f"trainer ({chosen}): {exc}") from exc
+        drop_anonymous_setting(trainer)
+        return trainer
 
 
 def _configured_defaults(parser: LightningArgumentParser, argv: list[str]) -> None:

@@ -46,3 +46,18 @@ def finish_wandb(trainer: Any, exit_code: int = 0) -> None:
 
     if wandb.run is not None:
         wandb.finish(exit_code=exit_code)
+
+
+def drop_anonymous_setting(trainer: Any) -> None:
+    """Keep W&B from warning that ``anonymous`` has no effect at every start.
+
+    Lightning's ``WandbLogger`` always passes ``anonymous=None`` to ``wandb.init``, and wandb >= 0.19
+    warns about any value given for that retired setting. The arguments live in the private
+    ``WandbLogger._wandb_init`` (read when the run starts, at first use of ``logger.experiment``);
+    ``tests/test_run_outcome.py`` fails when Lightning renames it.
+    """
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._wandb_init.get("anonymous", 0) is None:
+            del logger._wandb_init["anonymous"]

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning_gaaf.cli.reproduce import lr_plan as lp
+from lightning_gaaf.cli.reproduce.tables import format_mean_std, format_paired, holm, paired_difference
 
 ROWS = (*lp.MODELS, lp.CONTROL)
 COMPARISONS = (("gaaf", "base"), ("gaaf", "dropout"), ("gaaf", lp.CONTROL), (lp.CONTROL, "base"))
@@ -42,10 +42,7 @@ def to_targets(epochs: Sequence[Mapping[str, Any]], targets: Sequence[float]) ->
 
 def _ms(values: Sequence[float], digits: int = 1) -> str:
     values = [v for v in values if v is not None]
-    if not values:
-        return "n/a"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.{digits}f} ({sd:.{digits}f})"
+    return format_mean_std(values, f".{digits}f") if values else "n/a"
 
 
 def _final_runs(records: Sequence[Mapping[str, Any]], model: str, lr: float | None) -> list[Mapping]:
@@ -104,8 +101,9 @@ def target_table(finals: Mapping[str, list[Mapping]], targets: Sequence[float]) 
 
 
 def paired_lines(finals: Mapping[str, list[Mapping]], targets: Sequence[float]) -> list[str]:
-    """Paired-by-seed differences in epochs to each target (only seeds where both reached it)."""
-    lines = []
+    """Paired-by-seed differences in epochs to each target (only seeds where both reached it), with a
+    paired t-test and Holm's correction over all the comparisons listed."""
+    rows: list[tuple[str, dict[str, Any], str]] = []
     for a, b in COMPARISONS:
         ra = {r["seed"]: to_targets(r["epochs"], targets) for r in finals.get(a, [])}
         rb = {r["seed"]: to_targets(r["epochs"], targets) for r in finals.get(b, [])}
@@ -113,17 +111,22 @@ def paired_lines(finals: Mapping[str, list[Mapping]], targets: Sequence[float]) 
             seeds = [s for s in sorted(set(ra) & set(rb)) if ra[s][target] and rb[s][target]]
             if len(seeds) < 2:
                 continue
-            d = [ra[s][target]["epoch"] - rb[s][target]["epoch"] for s in seeds]
-            ratio = [ra[s][target]["epoch"] / rb[s][target]["epoch"] for s in seeds]
-            text = (
-                f"* {a} - {b}, epochs to {target:.1f} %: {statistics.fmean(d):+.1f} "
-                f"(sample std {statistics.stdev(d):.1f}; ratio {statistics.fmean(ratio):.2f}"
+            d = paired_difference(
+                [ra[s][target]["epoch"] for s in seeds], [rb[s][target]["epoch"] for s in seeds]
             )
+            ratio = [ra[s][target]["epoch"] / rb[s][target]["epoch"] for s in seeds]
+            extra = f"; epoch ratio {format_mean_std(ratio)}"
             for key, label in (("seconds", "wall-time"), ("cpu_seconds", "CPU-time")):
                 if all(ra[s][target][key] and rb[s][target][key] for s in seeds):
-                    r = [ra[s][target][key] / rb[s][target][key] for s in seeds]
-                    text += f"; {label} ratio {statistics.fmean(r):.2f} ({statistics.stdev(r):.2f})"
-            lines.append(text + f"; n = {len(seeds)} paired seeds {seeds})")
+                    extra += f"; {label} ratio {format_mean_std([ra[s][target][key] / rb[s][target][key] for s in seeds])}"
+            rows.append((f"{a} - {b}, epochs to {target:.1f} %", d, extra + f"; seeds {seeds}"))
+    adjusted = holm([d["p_value"] for _, d, _ in rows])
+    lines = []
+    for (label, d, extra), p_holm in zip(rows, adjusted, strict=True):
+        text = "* " + format_paired(label, d, unit=" epochs") + extra
+        if p_holm is not None:
+            text += f"; Holm-adjusted p = {p_holm:.3g} (over the {len(rows)} comparisons listed)"
+        lines.append(text)
     return lines
 
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jsonargparse
 import yaml
 from jsonargparse import Namespace
 from pytorch_lightning.cli import SaveConfigCallback
@@ -28,6 +29,12 @@ DEFAULT_LOGGER = {
     "class_path": "pytorch_lightning.loggers.WandbLogger",
     "init_args": {"project": WANDB_PROJECT},
 }
+
+
+#: "Keep the keys whose value is None" in ``save``/``dump``: ``skip_none`` became ``skip_unset`` in
+#: jsonargparse 4.49 (the old name warns); the name this jsonargparse takes.
+_NEW_NAME = tuple(int(p) for p in jsonargparse.__version__.split(".")[:2]) >= (4, 49)
+KEEP_NONE = {"skip_unset" if _NEW_NAME else "skip_none": False}
 
 
 def logger_entries(config: Namespace) -> list[Namespace]:
@@ -92,10 +99,8 @@ class SaveRunConfig(SaveConfigCallback):
             run_dir = Path(trainer.default_root_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             config = self.described if self.described is not None else self.config
-            self.parser.save(
-                config, str(run_dir / RUN_CONFIG), skip_none=False, overwrite=True, multifile=False
-            )
-            dumped = yaml.safe_load(self.parser.dump(config, skip_none=False))
+            self.parser.save(config, str(run_dir / RUN_CONFIG), **KEEP_NONE, overwrite=True, multifile=False)
+            dumped = yaml.safe_load(self.parser.dump(config, **KEEP_NONE))
             dumped.pop("config", None)
             for logger in trainer.loggers:
                 logger.log_hyperparams(dumped)

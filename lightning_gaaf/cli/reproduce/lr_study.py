@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from lightning_gaaf.callbacks.predictions import FILENAME as PREDICTIONS_FILE
-from lightning_gaaf.cli.bundled import configs_dir
 from lightning_gaaf.cli.reproduce import lr_plan as lp
 from lightning_gaaf.cli.reproduce.runs import Job, Outcome, run_job
+from lightning_gaaf.run.bundled import configs_dir
 
 PROG = "gaaf-reproduce --lr-study"
 DATAMODULE = {

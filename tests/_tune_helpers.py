@@ -75,11 +75,14 @@ def stub_val_acc(lr: float) -> float:
 def stub_fit(args: Sequence[str], *, callbacks: Sequence[Any] = (), test: bool = True) -> RunResult:
     """A finished run without training: ``config.yaml`` and ``stats/metrics.json`` (the real stats
     writer) in the run directory, the matching :class:`RunResult`. Its val/acc comes from the learning
-    rate of the last ``--config`` YAML override (a trial's values), 0.5 without one."""
+    rate of the last ``--config`` YAML override (a trial's values) or ``--model.optimizer.init_args.lr``,
+    0.5 without one."""
     run_dir = Path(_option(args, "--run_dir")).absolute()
     overrides = [yaml.safe_load(a) for a in args[1:] if a.lstrip().startswith("{") or "\n" in a]
     values = overrides[-1] if overrides and isinstance(overrides[-1], dict) else {}
     lr = values.get("model", {}).get("optimizer", {}).get("init_args", {}).get("lr")
+    if lr is None and "--model.optimizer.init_args.lr" in args:
+        lr = float(_option(args, "--model.optimizer.init_args.lr"))
     acc = 0.5 if lr is None else stub_val_acc(lr)
     epochs = [
         {"epoch": e, "step": 4 * e, "val/acc": acc - 0.1 / e, "val/loss": 1.0 / e}

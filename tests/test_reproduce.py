@@ -1,13 +1,21 @@
-"""gaaf-reproduce --quick on synthetic MNIST-format data: outputs, numbers, resumption."""
+"""gaaf-reproduce --quick on synthetic MNIST-format data: outputs, numbers, resumption.
 
+One real ``gaaf-reproduce mnist --quick`` process, shared by the tests that read its outputs; the others
+run the program's main in the test process (its runs are in-process fits anyway).
+"""
+
+import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from _tune_helpers import run_program
 
+from lightning_gaaf.cli.reproduce.main import main as reproduce_main
 from lightning_gaaf.cli.reproduce.tables import PAPER_NOTE, PAPER_TABLE4, paired_difference
 from lightning_gaaf.datamodules.synthetic import write_mnist
 from lightning_gaaf.stats import find_stats_file, read_stats
@@ -22,6 +30,26 @@ def run_reproduce(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
         "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"), *extra,
     ]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+
+def reproduce_in_process(tmp_path: Path, *args: str):
+    """gaaf-reproduce ARGS in this process, with the environment of a program run without W&B settings
+    (``--quick`` then disables W&B), in ``tmp_path``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_SERVICE")}
+    return run_program(reproduce_main, args, tmp_path, env)
+
+
+def quick_in_process(tmp_path: Path, *extra: str):
+    return reproduce_in_process(
+        tmp_path,
+        "mnist",
+        "--quick",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "out"),
+        *extra,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +148,7 @@ def test_resume_redoes_only_the_missing_run(quick_run):
     base_ckpt = sorted((out / "runs" / "base" / "seed_0" / "checkpoints").iterdir())
     base_mtime = [p.stat().st_mtime_ns for p in base_ckpt]
 
-    proc = run_reproduce(tmp_path)
+    proc = quick_in_process(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 run(s) to train, 2 finished run(s) reused" in proc.stdout
     assert "gaaf seed 0: ok" in proc.stdout and "base seed 0" not in proc.stdout
@@ -131,10 +159,7 @@ def test_resume_redoes_only_the_missing_run(quick_run):
 
 
 def test_missing_configs_is_a_clear_error(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "lightning_gaaf.cli.reproduce", "mnist", "--configs", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    proc = reproduce_in_process(tmp_path, "mnist", "--configs", str(tmp_path))
     assert proc.returncode != 0
     assert "configs/mnist_{base,dropout,gaaf}.yaml not found" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -142,11 +167,10 @@ def test_missing_configs_is_a_clear_error(tmp_path):
 
 def test_fashion_mnist_uses_the_same_configs_with_its_own_data(tmp_path):
     write_mnist(tmp_path / "data", n_train=1200, n_test=100, variant="FashionMNIST")
-    cmd = [
-        sys.executable, "-m", "lightning_gaaf.cli.reproduce", "fashion_mnist", "--quick",
+    proc = reproduce_in_process(
+        tmp_path, "fashion_mnist", "--quick",
         "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--configs", str(CONFIGS),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["dataset"] == "fashion_mnist" and results["paper"] is None
@@ -172,7 +196,7 @@ def test_paired_difference_matches_the_t_distribution():
 def test_tuned_comparison_selects_on_validation_and_retrains(tmp_path):
     """--tune: one study per model (same trials and budget), best configs retrained on new seeds."""
     write_mnist(tmp_path / "data", n_train=1500, n_test=200)
-    proc = run_reproduce(tmp_path, "--tune", "2", "--jobs", "3")
+    proc = quick_in_process(tmp_path, "--tune", "2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = tmp_path / "out"
     results = json.loads((out / "results_tuned.json").read_text())
@@ -199,3 +223,14 @@ def test_tuned_comparison_selects_on_validation_and_retrains(tmp_path):
         mean = sum(r["test_acc"] for r in runs) / 2
         assert f"| {100 * study['best']['value']:.2f} | {mean:.2f} (" in row
     assert "gaaf - dropout, test accuracy" in table and "paired" in table
+
+
+def test_tuned_studies_and_runs_get_the_jobs_as_workers(tmp_path):
+    """--jobs N: each study runs with N local gaaf-tune workers (the in-process test above uses one)."""
+    from lightning_gaaf.cli.reproduce.tuned import study_settings
+
+    args = argparse.Namespace(tune=2, jobs=3, dataset="mnist", tune_pruner="median:5:1")
+    settings = study_settings(args, CONFIGS, "gaaf", tmp_path, ["--trainer.max_epochs", "2"])
+    assert settings.workers == 3 and settings.n_trials == 2 and settings.study_name == "mnist_gaaf"
+    assert settings.out == (tmp_path / "tune" / "gaaf").absolute()
+    assert settings.argv[-3:] == ["--", "--trainer.max_epochs", "2"]

@@ -2,16 +2,20 @@
 
 import json
 import math
-import subprocess
-import sys
+import os
+from concurrent.futures import Executor, Future
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _tune_helpers import run_program, stub_fit, stub_val_acc
 
+import lightning_gaaf.run
 from lightning_gaaf.cli.reproduce import lr_plan as lp
+from lightning_gaaf.cli.reproduce import lr_study as lr_study_module
 from lightning_gaaf.cli.reproduce.lr_tables import to_targets
+from lightning_gaaf.cli.reproduce.main import main as reproduce_main
 from lightning_gaaf.datamodules.synthetic import write_mnist
 from lightning_gaaf.models import MLP, ImageClassifier
 
@@ -135,24 +139,45 @@ def test_layer_lr_scale_rejects_unknown_layers_and_bad_factors():
         ImageClassifier(MLP(in_features=8, hidden=[6]), layer_lr_scale={"backbone.fc1": 0})
 
 
-def lr_study(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable, "-m", "lightning_gaaf.cli.reproduce", "--lr-study", "--quick",
-        "--datasets", "mnist", "--protocols", "momentum", "--models", "gaaf", "--grid", "0.05",
-        "--max-extensions", "0", "--seeds", "2", "--data-dir", str(tmp_path / "data"),
+class InProcessExecutor(Executor):
+    """The study's pool, running each submitted run at once in this process (no spawned workers)."""
+
+    def __init__(self, max_workers: int | None = None, mp_context: object = None) -> None:
+        pass
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def lr_study(tmp_path: Path, monkeypatch, *extra: str):
+    """gaaf-reproduce --lr-study (one grid point, two seeds) in this process, its runs in this process too."""
+    monkeypatch.setattr(lr_study_module, "ProcessPoolExecutor", InProcessExecutor)
+    args = [
+        "--lr-study", "--quick", "--datasets", "mnist", "--protocols", "momentum", "--models", "gaaf",
+        "--grid", "0.05", "--max-extensions", "0", "--seeds", "2", "--data-dir", str(tmp_path / "data"),
         "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"), *extra,
     ]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return run_program(reproduce_main, args, tmp_path, env)
 
 
-def test_study_writes_one_record_per_run_and_skips_finished_runs(tmp_path):
-    write_mnist(tmp_path / "data", n_train=1500, n_test=200)
-    proc = lr_study(tmp_path, "--no-control")
+@pytest.fixture(scope="module")
+def lr_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("lr_data")
+    write_mnist(root / "data", n_train=1500, n_test=200)
+    return root / "data"
+
+
+def test_study_writes_one_record_per_run_from_a_real_fit(tmp_path, lr_data, monkeypatch):
+    (tmp_path / "data").symlink_to(lr_data)
+    proc = lr_study(tmp_path, monkeypatch, "--no-control", "--seeds", "1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "trained 2 run(s); 0 failed" in proc.stdout
+    assert "trained 1 run(s); 0 failed" in proc.stdout
     folder = tmp_path / "out" / "mnist" / "momentum"
     paths = sorted((folder / "runs").glob("*.json"))
-    assert [p.name for p in paths] == ["gaaf_lr0.05_seed0.json", "gaaf_lr0.05_seed1.json"]
+    assert [p.name for p in paths] == ["gaaf_lr0.05_seed0.json"]
     record = json.loads(paths[0].read_text())
     assert (record["model"], record["lr"], record["seed"], record["config"]) == (
         "gaaf",
@@ -176,16 +201,35 @@ def test_study_writes_one_record_per_run_and_skips_finished_runs(tmp_path):
     # no checkpoints in the results folder
     assert not list((tmp_path / "out").rglob("*.ckpt")) and list((tmp_path / "work").rglob("*.ckpt"))
 
+
+def test_study_skips_finished_runs_and_redoes_interrupted_ones(tmp_path, monkeypatch):
+    """The study's bookkeeping over a stub fit: a finished run directory (real stats files), no training."""
+    monkeypatch.setattr(lightning_gaaf.run, "fit_and_test", stub_fit)
+    proc = lr_study(tmp_path, monkeypatch, "--no-control")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 finished run(s) found" in proc.stdout and "trained 2 run(s); 0 failed" in proc.stdout
+    folder = tmp_path / "out" / "mnist" / "momentum"
+    paths = sorted((folder / "runs").glob("*.json"))
+    assert [p.name for p in paths] == ["gaaf_lr0.05_seed0.json", "gaaf_lr0.05_seed1.json"]
+    for seed, path in enumerate(paths):
+        record = json.loads(path.read_text())
+        assert (record["model"], record["lr"], record["seed"]) == ("gaaf", 0.05, seed)
+        assert [e["step"] for e in record["epochs"]] == [4, 8] and record["steps_per_epoch"] == 4
+        assert record["best_val_acc"] == pytest.approx(100 * (stub_val_acc(0.05) - 0.05))
+        assert record["test_acc"] == pytest.approx(100 * stub_val_acc(0.05)) and record["predictions"] is None
+
     # Rerun: nothing to train, records untouched; an interrupted run (a directory without record) runs again.
     mtimes = [p.stat().st_mtime_ns for p in paths]
     paths[1].unlink()
-    proc = lr_study(tmp_path, "--no-control")
+    proc = lr_study(tmp_path, monkeypatch, "--no-control")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 finished run(s) found" not in proc.stdout and "1 finished run(s) found" in proc.stdout
     assert "trained 1 run(s)" in proc.stdout and "start mnist/momentum/gaaf_lr0.05_seed1" in proc.stdout
+    assert "start mnist/momentum/gaaf_lr0.05_seed0" not in proc.stdout
     assert paths[0].stat().st_mtime_ns == mtimes[0] and paths[1].is_file()
 
     # Tables from the records alone.
     (folder / "tables.md").unlink()
-    proc = lr_study(tmp_path, "--tables-only")
+    proc = lr_study(tmp_path, monkeypatch, "--tables-only")
     assert proc.returncode == 0 and (folder / "tables.md").is_file(), proc.stderr
+    assert "trained" not in proc.stdout

@@ -1,4 +1,8 @@
-"""gaaf-tune on tiny synthetic MNIST: outputs, resumption, workers on one storage, PostgreSQL, pruning."""
+"""gaaf-tune on tiny synthetic MNIST: outputs, resumption, workers on one storage, PostgreSQL, pruning.
+
+The study logic runs gaaf-tune's main in this process (its trials are in-process fits anyway); real
+processes remain where the process boundary is tested: local workers, two hosts on PostgreSQL, SIGTERM.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +22,11 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from _cli_helpers import CONFIGS, TINY, fit_env, history, run_fit, run_meta, wandb_records
+from _cli_helpers import CONFIGS, TINY, fit_env, history, run_meta, wandb_records
+from _fit_helpers import run_entry_point
+from _tune_helpers import run_program, stub_fit, stub_val_acc
 
+import lightning_gaaf.run
 from lightning_gaaf.cli.tune.search_space import SearchSpaceError, load_space, nested, overrides_yaml
 from lightning_gaaf.cli.tune.storage import PrunerSpecError, make_pruner, open_storage
 from lightning_gaaf.cli.tune.study import fail_interrupted_trials
@@ -151,11 +158,18 @@ def test_trial_of_a_dead_worker_is_failed_and_redone(tmp_path):
 
 
 # --------------------------------------------------------------------------- the command
-def test_tiny_search_writes_a_runnable_best_config_and_continues(tmp_path, data_dir):
+def tune_in_process(*args: str, cwd: Path, env: dict[str, str]):
+    """``gaaf-tune ARGS`` in this process (trials run in-process anyway): exit status and output."""
+    from lightning_gaaf.cli.tune import main as tune
+
+    return run_program(tune.main, args, cwd, env)
+
+
+def test_tiny_search_writes_a_runnable_best_config_and_continues(tmp_path, data_dir, monkeypatch):
     env = fit_env(data_dir)
     out = tmp_path / "study"
     args = [BASE, "--trials", "3", "--out", str(out), "--sampler-seed", "0", "--pruner", "none", "--", *TINY]
-    proc = run_tune(*args, cwd=tmp_path, env=env)
+    proc = tune_in_process(*args, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0/3 trials done" in proc.stdout
     storage = str(out / "study.journal")
@@ -195,29 +209,38 @@ def test_tiny_search_writes_a_runnable_best_config_and_continues(tmp_path, data_
     assert "TrialPruning" not in best_yaml and config["trainer"]["limit_test_batches"] == 2  # TINY's, not 0
     # Run as written, with no W&B mode or account: offline by default.
     plain = {k: v for k, v in env.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
-    fit = run_fit(
-        "--config", str(out / "best.yaml"), "--run_dir", str(tmp_path / "best_run"), cwd=tmp_path, env=plain
-    )
+    fit = run_program(
+        run_entry_point, ["--config", str(out / "best.yaml"), "--run_dir", str(tmp_path / "best_run")],
+        tmp_path, plain,
+    )  # fmt: skip
     assert fit.returncode == 0, fit.stdout + fit.stderr
     assert len(list((tmp_path / "best_run" / "wandb").glob("offline-run-*"))) == 1
     rerun = json.loads((tmp_path / "best_run" / "stats" / "metrics.json").read_text())
     assert rerun["test"]["test/acc"] is not None  # best.yaml is a normal config: it trains and tests
     assert best_val_acc(tmp_path / "best_run") == pytest.approx(best.value, abs=1e-6)  # same seed, same run
 
+    # Continuing the study: its bookkeeping, with a stub fit (a finished run directory, no training).
+    monkeypatch.setattr(lightning_gaaf.run, "fit_and_test", stub_fit)
     first_mtimes = [
         (Path(t.user_attrs["run_dir"]) / "stats" / "metrics.json").stat().st_mtime_ns for t in trials
     ]
-    proc = run_tune(*[a if a != "3" else "5" for a in args], cwd=tmp_path, env=env)
+    proc = tune_in_process(*[a if a != "3" else "5" for a in args], cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "3/5 trials done" in proc.stdout
     again = trials_of(storage, "mnist_base")
     check_no_trial_lost_or_duplicated(again, 5)
     assert [t.params for t in again[:3]] == [t.params for t in trials]
+    assert [t.value for t in again[3:]] == [
+        pytest.approx(stub_val_acc(t.params["model.optimizer.init_args.lr"]) - 0.1) for t in again[3:]
+    ]
     assert [
         (Path(t.user_attrs["run_dir"]) / "stats" / "metrics.json").stat().st_mtime_ns for t in trials
     ] == first_mtimes
+    assert json.loads((out / "study.json").read_text())["trials"] == {"complete": 5}
 
-    proc = run_tune(*args, "--trainer.max_epochs", "2", cwd=tmp_path, env=env)  # other gaaf-fit arguments
+    proc = tune_in_process(
+        *args, "--trainer.max_epochs", "2", cwd=tmp_path, env=env
+    )  # other gaaf-fit arguments
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "was started with other settings (fit_args:" in proc.stderr
 
@@ -242,7 +265,7 @@ def test_two_local_workers_share_the_journal(tmp_path, data_dir):
 def test_pruning_stops_a_trial_early(tmp_path, data_dir):
     out = tmp_path / "study"
     # No model reaches val/acc 1.01: the threshold pruner stops the trial after its first validation.
-    proc = run_tune(
+    proc = tune_in_process(
         BASE, "--trials", "1", "--out", str(out), "--pruner", "threshold:1.01",
         "--", *TINY, "--trainer.max_epochs", "3",
         cwd=tmp_path, env=fit_env(data_dir, WANDB_MODE="disabled"),
@@ -258,7 +281,7 @@ def test_pruning_stops_a_trial_early(tmp_path, data_dir):
     assert "trial 0 pruned" in proc.stdout
 
     # The same pruner after the last epoch: the trial used its whole budget, so it is complete.
-    proc = run_tune(
+    proc = tune_in_process(
         BASE, "--trials", "1", "--out", str(tmp_path / "full"), "--pruner", "threshold:1.01", "--", *TINY,
         cwd=tmp_path, env=fit_env(data_dir, WANDB_MODE="disabled"),
     )  # fmt: skip

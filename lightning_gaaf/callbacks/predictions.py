@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from typing_extensions import override
 
-from lightning_gaaf.callbacks._loggers import stats_dir
+from lightning_gaaf.callbacks._base import run_directory
 
 __all__ = ["FILENAME", "TestPredictions"]
 
@@ -64,6 +64,6 @@ class TestPredictions(pl.Callback):
             return
         pred, label = torch.cat(self._pred).numpy(), torch.cat(self._label).numpy()
         dtype = np.uint8 if max(int(pred.max()), int(label.max())) < 256 else np.int16
-        out = stats_dir(trainer)
+        out = run_directory(trainer) / "stats"
         out.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(out / FILENAME, pred=pred.astype(dtype), label=label.astype(dtype))

@@ -70,7 +70,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _env(data: Path) -> dict[str, str]:
-    env = fit_env(data)
+    # No test here reads W&B (tests/test_callbacks_wandb.py does): its service start-up would be the
+    # slowest part of these short runs.
+    env = fit_env(data, WANDB_MODE="disabled")
     env.pop("PYTHONPATH", None)  # nothing but the wheel may provide lightning_gaaf
     return env
 
@@ -117,7 +119,8 @@ def programs(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     fit += ["--data.batch_size", "16", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"]
     fit += ["--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"]
     fit += ["--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1"]
-    reproduce = [str(bin_dir / "gaaf-reproduce"), "mnist", "--quick", "--out", str(tmp / "reproduce")]
+    reproduce = [str(bin_dir / "gaaf-reproduce"), "mnist", "--quick", "--max-epochs", "1"]
+    reproduce += ["--out", str(tmp / "reproduce")]  # one epoch: the numbers are tests/test_reproduce.py's
     started = {
         "list": Program([str(bin_dir / "python"), "-c", listing], tmp / "list", _env(tmp)),
         "fit": Program([str(bin_dir / "gaaf-fit"), *fit], tmp / "fit", _env(tmp / "cifar")),

@@ -2,6 +2,7 @@
 
 import math
 
+import _native_helpers
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,10 @@ from lightning_gaaf.activations.backends import compiled as compiled_backend
 from lightning_gaaf.activations.backends import native
 
 K = 10_000.0
+
+# The session's kernel build (tests/_native_helpers.py), for the tests that run the native kernels.
+native_build = _native_helpers.native_build
+native_library = _native_helpers.native_library
 
 BASES = {
     "tanh": lambda: nn.Tanh(),
@@ -220,7 +225,9 @@ def _saved_bytes(fn, x: torch.Tensor) -> int:
 
 @pytest.mark.parametrize("native_kernels", [False, True])
 @pytest.mark.parametrize("base_name", ["tanh", "relu", "gelu", "softplus"])
-def test_fused_function_saves_only_its_input(base_name, native_kernels):
+def test_fused_function_saves_only_its_input(base_name, native_kernels, request):
+    if native_kernels:
+        request.getfixturevalue("native_library")
     base = BASES[base_name]()
     x = torch.randn(256, 512, requires_grad=True)
     with use_backend("auto" if native_kernels else "eager"):  # auto: native C kernels for tanh and relu

@@ -2,14 +2,14 @@
 
 import ctypes
 import math
+import multiprocessing
 import os
 import subprocess
-import sys
 import tempfile
-import textwrap
 import warnings
 from pathlib import Path
 
+import _native_helpers
 import pytest
 import torch
 from torch import nn
@@ -35,17 +35,42 @@ KERNEL_SHAPES = {
     "shifted_sigmoid": lambda: ShiftedSigmoid(a=2.0, b=0.5),
     "one": lambda: One(),
 }
+# The session's kernel build, shared with the other files that run the native kernels.
+native_build = _native_helpers.native_build
+native_library = _native_helpers.native_library
+
 SPECIALS = [float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 1e6, -90.0, 0.0, -0.0, 1e-30]
 
 
 @pytest.fixture
-def use_native():
-    """The native backend; the library must build on this machine. Seeded."""
+def use_native(native_library):
+    """The native backend, with the session's library (built once per session). Seeded."""
     torch.manual_seed(0)
     with use_backend("native"):
-        if native.load_library() is None:
-            pytest.fail("the native kernels did not build (a C compiler is part of the test machine)")
+        assert native.load_library() is native_library
         yield
+
+
+def test_cold_build_compiles_the_kernels_into_the_cache(native_build, monkeypatch):
+    """The session's one cold build: an empty cache folder gets one library; the next build reuses it."""
+    assert native_build.files_before == ()
+    assert native_build.library.parent == native_build.cache
+    assert sorted(native_build.cache.glob("*.so")) == [native_build.library]
+    lib = ctypes.CDLL(str(native_build.library))
+    assert lib.gaaf_abi_version() == native._ABI_VERSION
+    assert (lib.gaaf_table_rows(), lib.gaaf_table_columns()) == native.table_size()
+    compiles = []
+    real_run = native.subprocess.run
+
+    def counting_run(cmd, *args, **kwargs):
+        if "--version" not in cmd:
+            compiles.append(cmd)
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(native.subprocess, "run", counting_run)
+    monkeypatch.setenv("GAAF_CACHE_DIR", str(native_build.cache))
+    assert native._build(native_build.source, list(native_build.compiler)) == native_build.library
+    assert compiles == []
 
 
 def _eager(module, x, weights):
@@ -184,13 +209,18 @@ def test_native_keeps_shape_dtype_and_handles_views(use_native):
 
 
 def test_native_not_used_for_float64_or_when_switched_off(use_native, monkeypatch):
+    """The backend switch is read before any kernel runs: one element is enough to see it (and the
+    compiled kernels leave single elements to eager math, so nothing is compiled here)."""
     calls = []
-    monkeypatch.setattr(native.NativeKernels, "forward", lambda self, x: calls.append(1))
-    GAAF(nn.Tanh())(torch.randn(10, dtype=torch.float64))
+    original = native.NativeKernels.forward
+    monkeypatch.setattr(native.NativeKernels, "forward", lambda self, x: calls.append(1) or original(self, x))
+    GAAF(nn.Tanh())(torch.randn(1, dtype=torch.float64))
     for backend in ("compile", "eager"):
         with use_backend(backend):
-            GAAF(nn.Tanh())(torch.randn(10))
+            GAAF(nn.Tanh())(torch.randn(1))
     assert calls == []
+    GAAF(nn.Tanh())(torch.randn(1))  # the same float32 call on the native backend does use them
+    assert calls == [1]
 
 
 def test_library_is_cached_per_source(tmp_path, monkeypatch):
@@ -233,8 +263,13 @@ def test_unwritable_cache_dir_falls_back_to_a_temporary_folder(monkeypatch, tmp_
     assert folder.is_dir() and os.access(folder, os.W_OK)
 
 
-def test_concurrent_builds_run_the_compiler_once(tmp_path):
-    """Three processes build into one fresh cache at once (DDP ranks): one compiles, all load."""
+def _build_in_rank(source: str, result: str) -> None:
+    """One DDP rank's build (a forked process: no imports to pay), its library path written to ``result``."""
+    Path(result).write_text(str(native._build(source, native._compiler())))
+
+
+def test_concurrent_builds_run_the_compiler_once(tmp_path, monkeypatch):
+    """Two processes build into one fresh cache at once (DDP ranks): one compiles, both load its file."""
     log = tmp_path / "compiles.log"
     wrapper = tmp_path / "cc-wrapper"
     real_cc = native._compiler()
@@ -242,44 +277,32 @@ def test_concurrent_builds_run_the_compiler_once(tmp_path):
         f'#!/bin/sh\ncase "$*" in *--version*) ;; *) echo build >> {log}; sleep 1;; esac\nexec {" ".join(real_cc)} "$@"\n'
     )
     wrapper.chmod(0o755)
-    script = textwrap.dedent(
-        """
-        from lightning_gaaf.activations.backends import native
-        assert native.load_library() is not None
-        print(native.load_library()._name)
-        """
-    )
-    env = dict(os.environ, GAAF_CACHE_DIR=str(tmp_path / "cache"), CC=str(wrapper))
-    procs = [
-        subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
-        for _ in range(3)
-    ]
-    outputs = [p.communicate(timeout=300)[0].strip() for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0]
-    assert len(set(outputs)) == 1, outputs  # the same library file
+    monkeypatch.setenv("GAAF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(wrapper))
+    source = "int gaaf_abi_version(void) { return 7; }\n"  # the lock is per build, whatever the source
+    fork = multiprocessing.get_context("fork")
+    results = [tmp_path / f"rank{rank}.txt" for rank in range(2)]
+    ranks = [fork.Process(target=_build_in_rank, args=(source, str(result))) for result in results]
+    for rank in ranks:
+        rank.start()
+    for rank in ranks:
+        rank.join(timeout=300)
+    assert [rank.exitcode for rank in ranks] == [0, 0]
+    libraries = {result.read_text() for result in results}
+    assert len(libraries) == 1, libraries  # the same library file
+    assert ctypes.CDLL(libraries.pop()).gaaf_abi_version() == 7
     assert log.read_text().count("build") == 1
 
 
-def test_only_one_openmp_runtime_is_loaded(tmp_path):
+def test_only_one_openmp_runtime_is_loaded(use_native):
     """The -fopenmp kernels must share torch's OpenMP runtime, not load a second one."""
-    script = textwrap.dedent(
-        """
-        import torch
-        from torch import nn
-        from lightning_gaaf import GAAF
-        from lightning_gaaf.activations import use_backend
-        from lightning_gaaf.activations.backends import native
+    threads = torch.get_num_threads()
+    try:
         torch.set_num_threads(2)
-        with use_backend("native"):
-            assert native.load_library() is not None
-            GAAF(nn.Tanh())(torch.randn(1_000_000))
-        print("\\n".join(native.loaded_openmp_runtimes()))
-        """
-    )
-    env = dict(os.environ, GAAF_CACHE_DIR=str(tmp_path / "cache"))
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    runtimes = out.stdout.split()
+        GAAF(nn.Tanh())(torch.randn(200_000))  # a parallel region of the kernels has run
+    finally:
+        torch.set_num_threads(threads)
+    runtimes = native.loaded_openmp_runtimes()
     assert len(runtimes) == 1, runtimes
 
 

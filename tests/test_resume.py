@@ -266,8 +266,10 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(
     print("single process, SIGTERM at step", step, diff)
     assert diff == EXACT
 
-    # Re-run as a new run (one epoch, before the pause step), it starts its own W&B run.
-    again = _fit(tmp_path, mnist_dir, "--config", str(run_dir / "config.yaml"), "--trainer.max_epochs", "1")
+    # Re-run as a new run (one epoch, before the pause step), it starts its own W&B run. (A process of
+    # its own: a third W&B run in this process left its offline folder without its .wandb file.)
+    again = run_fit("--config", str(run_dir / "config.yaml"), "--trainer.max_epochs", "1",
+                    cwd=tmp_path, env=_env(mnist_dir), timeout=600)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     (new_run,) = _wandb_runs(tmp_path / "runs" / "mnist_gaaf" / "version_1")
     assert _run_id(new_run) != _run_id(first)

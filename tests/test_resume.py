@@ -1,11 +1,12 @@
 """Interrupted and resumed gaaf-fit runs end exactly where uninterrupted ones do.
 
-Real subprocesses, real signals: a fit is parked after a chosen training step (``PauseAtStep``), gets
+Real processes, real signals: a fit is parked after a chosen training step (``PauseAtStep``), gets
 SIGTERM or SIGINT from this process, must exit 143 / 130 with a ``last.ckpt`` of that moment, its
 ``stats/`` and a W&B run closed as failed; ``--ckpt_path last`` then continues it in the same run
 directory and W&B run, and the final weights, epoch metrics and monitor statistics must equal those of
 an uninterrupted run of the same config and seed, bit for bit (tolerance 0, CPU), also under 2-process
-CPU DDP.
+CPU DDP. Only the interrupted fits and the DDP launches need a process of their own: the uninterrupted
+reference is the session's shared run and the resumed single-process fits run in this process.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +26,12 @@ import pytest
 import torch
 import yaml
 from _cli_helpers import CONFIGS, fit_command, fit_env, run_fit, tiny
+from _fit_helpers import FitResult, fit_in_process
+from _logged_fit import leet_inspect
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_gaaf.cli.fit import main
 from lightning_gaaf.datamodules import EpochSampler, ResumableDataLoader
-from lightning_gaaf.datamodules.synthetic import write_mnist
 from lightning_gaaf.run.resume import resolve_checkpoint, run_dir_of_checkpoint
 from lightning_gaaf.run.signals import StopSignals, exit_code
 
@@ -49,13 +50,6 @@ MID_EPOCH_GAPS = ("lr-SGD",)
 WANDB_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/acc", "test/loss")
 
 
-@pytest.fixture(scope="module")
-def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("mnist")
-    write_mnist(root, n_train=256, n_test=64, seed=0)
-    return root
-
-
 def _env(data: Path) -> dict[str, str]:
     env = fit_env(data)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH", "")) if p)
@@ -68,16 +62,17 @@ def _run_dir(cwd: Path) -> Path:
     return runs[0]
 
 
-def _uninterrupted(tmp: Path, data: Path, *extra: str) -> Path:
-    result = run_fit(*ARGS, *extra, cwd=tmp, env=_env(data), timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return _run_dir(tmp)
+def _fit(cwd: Path, data: Path, *args: str) -> FitResult:
+    """``gaaf-fit ARGS`` in this process with W&B on (the tests compare the W&B history)."""
+    return fit_in_process(*args, cwd=cwd, env=_env(data), wandb=True)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
-    """Run directory of the uninterrupted single-process fit."""
-    return _uninterrupted(tmp_path_factory.mktemp("reference"), mnist_dir)
+@pytest.fixture
+def reference(reference_run: Any) -> Path:
+    """Run directory of the uninterrupted single-process fit: the session's shared ``reference_run``,
+    the same experiment, epochs, steps and seed as ``ARGS`` (it adds three loggers that W&B ignores)."""
+    assert reference_run.args[2:] == ARGS[2:]
+    return reference_run.run_dir
 
 
 @dataclass
@@ -129,17 +124,10 @@ def _stats(run_dir: Path, name: str) -> dict[str, Any]:
 
 def _wandb_runs(run_dir: Path) -> list[list[dict[str, Any]]]:
     """Records of every offline W&B run under ``run_dir/wandb``, oldest first."""
-    runs = []
-    for offline in sorted((run_dir / "wandb").glob("offline-run-*")):
-        out = subprocess.run(
-            [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(offline)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        runs.append([json.loads(line) for line in out.stdout.splitlines() if line.strip()])
-    return runs
+    return [
+        [json.loads(line) for line in leet_inspect(offline).splitlines() if line.strip()]
+        for offline in sorted((run_dir / "wandb").glob("offline-run-*"))
+    ]
 
 
 def _run_id(records: list[dict[str, Any]]) -> str:
@@ -219,7 +207,7 @@ def test_last_ckpt_is_the_final_state_whatever_the_top_k(reference: Path) -> Non
     """val/acc peaks early in this run: the top-1 checkpoint stays at an early epoch, last.ckpt moves on."""
     last = _ckpt(reference / "checkpoints" / "last.ckpt")
     assert (last["epoch"], last["global_step"]) == (EPOCHS - 1, EPOCHS * STEPS_PER_EPOCH)
-    best_state = next(v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint{"))
+    best_state = next(v for k, v in last["callbacks"].items() if k.startswith("BestCheckpoint"))
     best = Path(best_state["best_model_path"])
     assert best.parent == reference / "checkpoints" and best.is_file()
     assert _ckpt(best)["global_step"] < last["global_step"]
@@ -253,10 +241,11 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(
     assert _exit_code(wandb_run) == 143
     assert any(r.get("type") == "preempting" for r in wandb_run)
 
-    # The printed command, pasted as it is (the console script), continues the run.
-    resumed = subprocess.run(
-        shlex.split(command), cwd=tmp_path, env=_env(mnist_dir), capture_output=True, text=True, timeout=600
-    )
+    # The printed command, pasted as it is, continues the run: it names the installed console script,
+    # whose main runs here on the rest of the line.
+    program, *argv = shlex.split(command)
+    assert program == "gaaf-fit" and shutil.which(program), command
+    resumed = _fit(tmp_path, mnist_dir, *argv)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _run_dir(tmp_path) == run_dir  # no new version
     assert (
@@ -277,7 +266,8 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(
     print("single process, SIGTERM at step", step, diff)
     assert diff == EXACT
 
-    # Re-run as a new run (one epoch, before the pause step), it starts its own W&B run.
+    # Re-run as a new run (one epoch, before the pause step), it starts its own W&B run. (A process of
+    # its own: a third W&B run in this process left its offline folder without its .wandb file.)
     again = run_fit("--config", str(run_dir / "config.yaml"), "--trainer.max_epochs", "1",
                     cwd=tmp_path, env=_env(mnist_dir), timeout=600)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
@@ -299,7 +289,7 @@ def test_sigint_in_the_last_batch_of_an_epoch_continues_from_the_previous_epoch(
     (wandb_run,) = _wandb_runs(run_dir)
     assert _exit_code(wandb_run) == 130
 
-    resumed = run_fit(*ARGS, "--ckpt_path", "last", cwd=tmp_path, env=_env(mnist_dir), timeout=600)
+    resumed = _fit(tmp_path, mnist_dir, *ARGS, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     diff = differences(run_dir, reference)
     print("single process, SIGINT in the last batch of epoch 2", diff)
@@ -310,13 +300,9 @@ def test_resume_from_an_epoch_boundary_with_more_epochs_equals_uninterrupted(
     tmp_path: Path, mnist_dir: Path, reference: Path
 ) -> None:
     run_dir = tmp_path / "run"
-    first = run_fit(
-        *ARGS, "--trainer.max_epochs", "1", "--run_dir", str(run_dir), cwd=tmp_path, env=_env(mnist_dir)
-    )
+    first = _fit(tmp_path, mnist_dir, *ARGS, "--trainer.max_epochs", "1", "--run_dir", str(run_dir))
     assert first.returncode == 0, first.stderr[-3000:]
-    resumed = run_fit(
-        *ARGS, "--run_dir", str(run_dir), "--ckpt_path", "last", cwd=tmp_path, env=_env(mnist_dir)
-    )
+    resumed = _fit(tmp_path, mnist_dir, *ARGS, "--run_dir", str(run_dir), "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # The first part was a complete 1-epoch run: it also logged its own test metrics at step 6.
     diff = differences(run_dir, reference, wandb_ignore=("test/acc", "test/loss"))
@@ -464,27 +450,34 @@ def test_training_order_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch() 
 
 
 # ----------------------------------------------------------------------------- DDP
-@pytest.fixture(scope="module")
-def reference_ddp(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
-    return _uninterrupted(tmp_path_factory.mktemp("reference-ddp"), mnist_dir, *DDP)
-
-
-def test_ddp_sigterm_to_rank_zero_then_resume_equals_uninterrupted(
-    tmp_path: Path, mnist_dir: Path, reference_ddp: Path
-) -> None:
-    step = STEPS_PER_EPOCH + 2
-    stopped = _interrupt(tmp_path, mnist_dir, step, signal.SIGTERM, *DDP)
+def test_ddp_sigterm_to_rank_zero_then_resume_equals_uninterrupted(tmp_path: Path, mnist_dir: Path) -> None:
+    """Every part is a DDP launch (a process of its own): the uninterrupted reference runs while the
+    interrupted fit starts and waits for its signal, then the interrupted fit is resumed."""
+    reference_cwd, cwd = tmp_path / "reference", tmp_path / "interrupted"
+    reference_cwd.mkdir(), cwd.mkdir()
+    log = tmp_path / "reference.log"  # a file, not a pipe: nobody reads the pipe while it runs
+    with log.open("w") as out:
+        reference = subprocess.Popen(
+            fit_command(*ARGS, *DDP), cwd=reference_cwd, env=_env(mnist_dir), stdout=out, stderr=out
+        )
+    try:
+        step = STEPS_PER_EPOCH + 2
+        stopped = _interrupt(cwd, mnist_dir, step, signal.SIGTERM, *DDP)
+    finally:
+        reference.wait(timeout=600)
+    assert reference.returncode == 0, log.read_text()[-3000:]
     assert stopped.returncode == 143, stopped.stderr[-3000:]
-    run_dir = _run_dir(tmp_path)
+    run_dir = _run_dir(cwd)
     assert _ckpt(run_dir / "checkpoints" / "last.ckpt")["global_step"] == step
     (wandb_run,) = _wandb_runs(run_dir)
     assert _exit_code(wandb_run) == 143
 
-    resumed = run_fit(*ARGS, *DDP, "--ckpt_path", "last", cwd=tmp_path, env=_env(mnist_dir), timeout=600)
+    resumed = run_fit(*ARGS, *DDP, "--ckpt_path", "last", cwd=cwd, env=_env(mnist_dir), timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert _run_dir(tmp_path) == run_dir
+    assert _run_dir(cwd) == run_dir
     first, second = _wandb_runs(run_dir)
     assert _run_id(first) == _run_id(second)
-    diff = differences(run_dir, reference_ddp, ignore=MID_EPOCH_GAPS)  # every rank's accuracy counters
+    # every rank's accuracy counters
+    diff = differences(run_dir, _run_dir(reference_cwd), ignore=MID_EPOCH_GAPS)
     print("DDP 2 processes, SIGTERM at step", step, diff)
     assert diff == EXACT

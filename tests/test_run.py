@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from _cli_helpers import CONFIGS, TINY, fit_env
+from _fit_helpers import fit_in_process
 
 from lightning_gaaf.run import RunResult, fit_and_test
 
@@ -107,21 +107,23 @@ def test_num_classes_is_linked_into_models_that_take_it(
     assert cli.model.num_classes == 100 and linears[-1].out_features == 100  # model and backbone
 
 
-def test_a_model_next_to_the_command_is_importable(tmp_path: Path, mnist_dir: Path) -> None:
+def test_a_model_next_to_the_command_is_importable(
+    tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``gaaf-fit --model mymod.MyModel`` beside mymod.py works as for a script (cwd importable)."""
     (tmp_path / "mymod.py").write_text((HERE / "_tiny_modules.py").read_text())
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     # Like the console script: the program's own folder, not the current directory, is on sys.path.
-    (bin_dir / "gaaf_fit.py").write_text("from lightning_gaaf.cli.fit import main\nmain()\n")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
     env = fit_env(mnist_dir, WANDB_MODE="disabled")
-    proc = subprocess.run(
-        [sys.executable, str(bin_dir / "gaaf_fit.py"), "--model", "mymod.LogsAcc", "--data", "mymod.TinyData",
-         *QUICK, "--trainer.max_epochs", "1"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "No module named" not in proc.stderr
+    try:
+        result = fit_in_process(
+            "--model", "mymod.LogsAcc", "--data", "mymod.TinyData", *QUICK, "--trainer.max_epochs", "1",
+            cwd=tmp_path, env=env,
+        )  # fmt: skip
+    finally:
+        sys.modules.pop("mymod", None)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "No module named" not in result.stderr
 
 
 def test_config_help_shows_the_configs_values_and_describes_every_gaaf_option(

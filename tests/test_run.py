@@ -73,8 +73,9 @@ def test_any_model_gets_the_defaults_and_a_best_checkpoint_by_the_rule(
     import torch
 
     monkeypatch.syspath_prepend(str(HERE))
+    # Monitors log on logging steps only (and write nothing they did not record): log every step.
     args = ["--model", f"_tiny_modules.{model}", "--data", "_tiny_modules.TinyData", *QUICK]
-    result = fit_and_test(args)
+    result = fit_and_test([*args, "--trainer.log_every_n_steps", "1"])
     assert result.exit_code == 0
     assert (result.run_dir / "stats" / "grad_info.json").is_file()  # a monitor of configs/defaults/base.yaml
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())

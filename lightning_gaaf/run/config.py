@@ -93,9 +93,9 @@ class SaveRunConfig(SaveConfigCallback):
             run_dir.mkdir(parents=True, exist_ok=True)
             config = self.described if self.described is not None else self.config
             self.parser.save(
-                config, str(run_dir / RUN_CONFIG), skip_none=False, overwrite=True, multifile=False
+                config, str(run_dir / RUN_CONFIG), skip_unset=False, overwrite=True, multifile=False
             )
-            dumped = yaml.safe_load(self.parser.dump(config, skip_none=False))
+            dumped = yaml.safe_load(self.parser.dump(config, skip_unset=False))
             dumped.pop("config", None)
             for logger in trainer.loggers:
                 logger.log_hyperparams(dumped)

@@ -107,13 +107,12 @@ def fit_in_process(*args: str, cwd: Path, env: dict[str, str], wandb: bool = Fal
             traceback.print_exc()
             code = 1
         finally:
-            if wandb:
-                stop_wandb_service()
+            stop_wandb_service()  # with or without W&B: a disabled run's settings stay for the next one too
     return FitResult(code, out.getvalue(), err.getvalue())
 
 
 def stop_wandb_service() -> None:
-    """End this process's W&B service, as a program's exit would.
+    """End this process's W&B service and settings, as a program's exit would.
 
     The service is a process of its own, started in the working directory of the first run; left
     running, it takes the next in-process run too and does not write that run's offline files where

@@ -106,7 +106,22 @@ def fit_in_process(*args: str, cwd: Path, env: dict[str, str], wandb: bool = Fal
         except Exception:
             traceback.print_exc()
             code = 1
+        finally:
+            stop_wandb_service()  # with or without W&B: a disabled run's settings stay for the next one too
     return FitResult(code, out.getvalue(), err.getvalue())
+
+
+def stop_wandb_service() -> None:
+    """End this process's W&B service and settings, as a program's exit would.
+
+    The service is a process of its own, started in the working directory of the first run; left
+    running, it takes the next in-process run too and does not write that run's offline files where
+    the run's (relative) directory says, so ``wandb leet inspect`` finds no run there.
+    """
+    if "wandb" in sys.modules:
+        import wandb
+
+        wandb.teardown()
 
 
 #: Every Lightning logger gaaf-fit is tested with: W&B (the default), CSV, TensorBoard, MLflow.

@@ -1,4 +1,9 @@
-"""gaaf-fit as users run it: a subprocess on CPU with synthetic data and offline W&B."""
+"""gaaf-fit as users run it: on CPU with synthetic data and offline W&B.
+
+Most runs are gaaf-fit's main in this process (``_fit_helpers.fit_in_process``) or the shared
+``reference_run``; a real program only where the process is what is tested: exit status and stderr
+of the program, and DDP, whose launcher restarts the program once per rank.
+"""
 
 from __future__ import annotations
 
@@ -17,27 +22,26 @@ from _cli_helpers import (
     fit_command,
     fit_env,
     history,
-    run_fit,
     run_meta,
     tiny,
     wandb_records,
 )
+from _cli_runs import DDPRun, ddp_run_fixture  # noqa: F401  (registers the session fixture ddp_run)
+from _fit_helpers import ReferenceRun, fit_in_process
 
 from lightning_gaaf.cli.fit import main
 
 
-def test_fit_writes_run_dir_checkpoint_config_and_wandb_metrics(tmp_path: Path, mnist_dir: Path) -> None:
-    result = run_fit(
-        "--config", str(CONFIGS / "mnist_gaaf.yaml"), *TINY, cwd=tmp_path, env=fit_env(mnist_dir)
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = tmp_path / "runs" / "mnist_gaaf" / "version_0"
+def test_fit_writes_run_dir_checkpoint_config_and_wandb_metrics(reference_run: ReferenceRun) -> None:
+    """The shared reference run (mnist_gaaf, 3 epochs of 6 steps): what a finished run leaves behind."""
+    result, run_dir = reference_run.result, reference_run.run_dir
     assert f"gaaf-fit: run directory: {run_dir}" in result.stdout
 
     # Checkpoints: the best on val/acc (used by the test stage) and the last epoch.
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert "last.ckpt" in ckpts and any(re.fullmatch(r"epoch000-val_acc\d\.\d{4}\.ckpt", n) for n in ckpts)
-    best = next(p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("epoch"))
+    best_names = [n for n in ckpts if re.fullmatch(r"epoch00[0-2]-val_acc\d\.\d{4}\.ckpt", n)]
+    assert "last.ckpt" in ckpts and len(best_names) == 1, ckpts
+    best = run_dir / "checkpoints" / best_names[0]
     assert f"best checkpoint: {best}" in result.stdout
     assert f"Restoring states from the checkpoint path at {best}" in result.stderr
 
@@ -57,7 +61,7 @@ def test_fit_writes_run_dir_checkpoint_config_and_wandb_metrics(tmp_path: Path, 
     assert (
         model_args["num_classes"] == 10 == model_args["backbone"]["init_args"]["num_classes"]
     )  # from the data
-    assert saved["trainer"]["limit_train_batches"] == 4
+    assert saved["trainer"]["limit_train_batches"] == 6 and saved["trainer"]["max_epochs"] == 3
     assert saved["run_dir"] is None and saved["trainer"]["default_root_dir"] is None
 
     records = wandb_records(run_dir)
@@ -91,7 +95,7 @@ def test_fit_with_a_per_layer_policy_from_yaml(tmp_path: Path, mnist_dir: Path) 
     )
     args = ["--config", str(config), *tiny(train_batches=2)]
     args += ["--trainer.logger", "pytorch_lightning.loggers.CSVLogger", "--trainer.logger.save_dir", "csv"]
-    result = run_fit(*args, cwd=tmp_path, env=fit_env(mnist_dir))
+    result = fit_in_process(*args, cwd=tmp_path, env=fit_env(mnist_dir))
     assert result.returncode == 0, result.stderr[-3000:]
 
     # The report, as printed when the callback applied it, and as logged.
@@ -114,34 +118,36 @@ def test_fit_with_a_per_layer_policy_from_yaml(tmp_path: Path, mnist_dir: Path) 
     ]
 
 
-def test_ddp_two_cpu_processes_share_one_run(tmp_path: Path, mnist_dir: Path) -> None:
-    args = ["--config", str(CONFIGS / "mnist_base.yaml"), *TINY]
-    args += ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
-    result = run_fit(*args, cwd=tmp_path, env=fit_env(mnist_dir))
+def test_ddp_two_cpu_processes_share_one_run(ddp_run: DDPRun) -> None:
+    result, cwd = ddp_run.result, ddp_run.cwd
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr
-    runs = sorted((tmp_path / "runs" / "mnist_base").iterdir())
+    runs = sorted((cwd / "runs" / "mnist_gaaf").iterdir())
     assert [p.name for p in runs] == ["version_0"]
     run_dir = runs[0]
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
-    assert len(list(tmp_path.rglob("checkpoints"))) == 1
+    assert len(list(cwd.rglob("checkpoints"))) == 1
     assert result.stdout.count("gaaf-fit: run directory:") == 1
-    logged = history(wandb_records(run_dir))
+    assert run_dir == ddp_run.run_dir
+    logged = history(ddp_run.wandb_records)
     assert len(logged["test/acc"]) == 1 and 0.0 <= logged["test/acc"][0] <= 1.0
 
 
-def test_ddp_ranks_build_and_share_the_native_kernels(tmp_path: Path, mnist_dir: Path) -> None:
+def test_ddp_ranks_build_and_share_the_native_kernels(ddp_run: DDPRun) -> None:
     """GAAF with its native kernels under 2-process DDP: both ranks build into one fresh cache at once."""
-    cache = tmp_path / "kernel-cache"
-    args = ["--config", str(CONFIGS / "mnist_gaaf.yaml"), *TINY]
-    args += ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
-    env = fit_env(mnist_dir, GAAF_BACKEND="native", GAAF_CACHE_DIR=str(cache))
-    result = run_fit(*args, cwd=tmp_path, env=env)
+    result, cache = ddp_run.result, ddp_run.cache
     assert result.returncode == 0, result.stderr[-3000:]
     assert "native kernels unavailable" not in result.stderr
     assert len(list(cache.glob("gaaf_kernels_*.so"))) == 1  # same key on both ranks, no leftovers
     assert not [p for p in cache.iterdir() if p.is_dir()]  # temporary build folders removed
-    logged = history(wandb_records(next((tmp_path / "runs" / "mnist_gaaf").iterdir())))
+    checkpoint = ddp_run.run_dir / "checkpoints" / "last.ckpt"
+    gaaf_state = next(
+        v
+        for k, v in torch.load(checkpoint, map_location="cpu", weights_only=False)["callbacks"].items()
+        if k.startswith("GAAFCallback")
+    )
+    assert gaaf_state["modules"] == ["backbone.act1", "backbone.act2", "backbone.act3"]
+    logged = history(ddp_run.wandb_records)
     assert len(logged["test/acc"]) == 1 and 0.0 <= logged["test/acc"][0] <= 1.0
 
 
@@ -260,7 +266,7 @@ def test_real_mnist_gaaf_learns(tmp_path: Path) -> None:
     args += ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "150"]
     args += ["--trainer.limit_val_batches", "10", "--trainer.limit_test_batches", "20"]
     args += ["--trainer.enable_progress_bar", "false"]
-    result = run_fit(*args, cwd=tmp_path, env=fit_env(data_dir), timeout=600)
+    result = fit_in_process(*args, cwd=tmp_path, env=fit_env(data_dir), wandb=True)
     assert result.returncode == 0, result.stderr[-3000:]
     logged = history(wandb_records(tmp_path / "runs" / "mnist_gaaf" / "version_0"))
     assert logged["test/acc"][0] > 0.85

@@ -1,16 +1,22 @@
-"""Where users come in: bundled configs by name, their own LightningModule, any Lightning logger."""
+"""Where users come in: bundled configs by name, their own LightningModule, any Lightning logger.
+
+gaaf-fit runs in this process (``_fit_helpers.fit_in_process``); the logger test reads the shared
+``reference_run``.
+"""
 
 from __future__ import annotations
 
 import csv
-import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import tomllib
 import torch
 import yaml
-from _cli_helpers import REPO, TINY, fit_env, history, run_fit, wandb_records
+from _cli_helpers import REPO, TINY, fit_env, history, wandb_records
+from _fit_helpers import ReferenceRun, fit_in_process
 
 from lightning_gaaf.cli.fit import main
 from lightning_gaaf.run.bundled import ConfigNotFoundError, bundled_configs, configs_dir, resolve_config
@@ -65,12 +71,13 @@ QUICK = ["--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"]
 
 
 @pytest.fixture
-def user_env(tmp_path: Path, mnist_dir: Path) -> dict[str, str]:
-    """A gaaf-fit environment in which ``usermods`` (the module above) is importable."""
+def user_env(tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """A gaaf-fit environment in which ``usermods`` (the module above) is importable: on ``sys.path``
+    for gaaf-fit in this process; afterwards the import is forgotten, as a program's would be."""
     (tmp_path / "usermods.py").write_text(USER_MODULE)
-    env = fit_env(mnist_dir)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
-    return env
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield fit_env(mnist_dir)
+    sys.modules.pop("usermods", None)
 
 
 # ----------------------------------------------------------------------------- bundled configs
@@ -130,7 +137,7 @@ def test_setuptools_lists_every_subpackage() -> None:
 # ----------------------------------------------------------------------------- any LightningModule
 def test_user_lightning_module_from_command_line_and_yaml(tmp_path: Path, user_env: dict[str, str]) -> None:
     args = ["--model", "usermods.TinyModule", "--data", "usermods.TinyData", "--gaaf.enabled", "true"]
-    result = run_fit(*args, "--model.hidden", "5", *QUICK, cwd=tmp_path, env=user_env)
+    result = fit_in_process(*args, "--model.hidden", "5", *QUICK, cwd=tmp_path, env=user_env)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "runs" / "gaaf-fit" / "version_0"
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -148,7 +155,7 @@ def test_user_lightning_module_from_command_line_and_yaml(tmp_path: Path, user_e
         "data: {class_path: usermods.TinyData}\ngaaf: {enabled: true}\n"
     )
     for rerun, expected_hidden in ((config, 3), (run_dir / "config.yaml", 5)):
-        result = run_fit("--config", str(rerun), *QUICK, cwd=tmp_path, env=user_env)
+        result = fit_in_process("--config", str(rerun), *QUICK, cwd=tmp_path, env=user_env)
         assert result.returncode == 0, result.stderr[-3000:]
         name = "mine" if rerun == config else "gaaf-fit"
         last = sorted((tmp_path / "runs" / name).glob("version_*"))[-1] / "checkpoints" / "last.ckpt"
@@ -158,7 +165,7 @@ def test_user_lightning_module_from_command_line_and_yaml(tmp_path: Path, user_e
 
 def test_internal_error_keeps_its_traceback(tmp_path: Path, user_env: dict[str, str]) -> None:
     args = ["--model", "usermods.TinyModule", "--data", "usermods.TinyData", "--model.fail_at_step", "2"]
-    result = run_fit(*args, *QUICK, cwd=tmp_path, env=user_env)
+    result = fit_in_process(*args, *QUICK, cwd=tmp_path, env=user_env, wandb=True)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback (most recent call last)" in result.stderr
     assert "ValueError: deliberate failure inside training_step" in result.stderr
@@ -172,14 +179,14 @@ def test_internal_error_keeps_its_traceback(tmp_path: Path, user_env: dict[str, 
 
 def test_failure_before_the_first_step_leaves_nothing(tmp_path: Path, user_env: dict[str, str]) -> None:
     args = ["--model", "usermods.TinyModule", "--data", "usermods.TinyData", "--model.fail_at_step", "0"]
-    result = run_fit(*args, *QUICK, cwd=tmp_path, env=user_env)
+    result = fit_in_process(*args, *QUICK, cwd=tmp_path, env=user_env, wandb=True)
     assert result.returncode == 1 and "deliberate failure" in result.stderr
     assert not (tmp_path / "runs").exists()
     assert not list(tmp_path.rglob("offline-run-*"))
 
 
 def test_runs_folder_ignores_itself_for_git(tmp_path: Path, user_env: dict[str, str]) -> None:
-    result = run_fit(
+    result = fit_in_process(
         "--model", "usermods.TinyModule", "--data", "usermods.TinyData", *QUICK, cwd=tmp_path, env=user_env
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -187,20 +194,6 @@ def test_runs_folder_ignores_itself_for_git(tmp_path: Path, user_env: dict[str, 
 
 
 # ----------------------------------------------------------------------------- loggers
-LOGGERS_YAML = """
-trainer:
-  logger:
-    - class_path: pytorch_lightning.loggers.WandbLogger
-      init_args: {project: lightning-gaaf, offline: true}
-    - class_path: pytorch_lightning.loggers.CSVLogger
-      init_args: {save_dir: csv}
-    - class_path: pytorch_lightning.loggers.TensorBoardLogger
-      init_args: {save_dir: tb}
-    - class_path: pytorch_lightning.loggers.MLFlowLogger
-      init_args: {experiment_name: gaaf, tracking_uri: "sqlite:///mlflow.db"}
-"""
-
-
 def _csv_rows(root: Path) -> list[dict[str, str]]:
     files = sorted(root.rglob("metrics.csv"))
     assert len(files) == 1, files
@@ -238,19 +231,17 @@ def _mlflow_metrics(database: Path) -> dict[str, list[float]]:
 
 
 @pytest.mark.slow
-def test_every_logger_gets_the_scalars_and_the_config_reruns(tmp_path: Path, mnist_dir: Path) -> None:
-    loggers = tmp_path / "loggers.yaml"
-    loggers.write_text(LOGGERS_YAML)
-    args = ["--config", "mnist_gaaf", "--config", str(loggers), *TINY]
-    result = run_fit(*args, cwd=tmp_path, env=fit_env(mnist_dir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = tmp_path / "runs" / "loggers" / "version_0"
+def test_every_logger_gets_the_scalars_and_the_config_reruns(
+    reference_run: ReferenceRun, tmp_path: Path, mnist_dir: Path
+) -> None:
+    """The shared reference run logs to W&B, CSV, TensorBoard and MLflow (``_fit_helpers.ALL_LOGGERS_YAML``)."""
+    run_dir, cwd = reference_run.run_dir, reference_run.cwd
 
     wandb = history(wandb_records(run_dir))
-    rows = _csv_rows(tmp_path / "csv")
+    rows = _csv_rows(cwd / "csv")
     csv_values = {key: [float(r[key]) for r in rows if r.get(key)] for key in rows[0]}
-    board = _tensorboard_scalars(tmp_path / "tb")
-    mlflow = _mlflow_metrics(tmp_path / "mlflow.db")
+    board = _tensorboard_scalars(cwd / "tb")
+    mlflow = _mlflow_metrics(cwd / "mlflow.db")
     for key in ("train/loss", "val/acc", "test/acc", "gaaf/grad_info/backbone.fc1"):
         expected = wandb[key]
         assert expected, key
@@ -262,22 +253,27 @@ def test_every_logger_gets_the_scalars_and_the_config_reruns(tmp_path: Path, mni
                 expected,
             )
 
-    # The saved config names every logger with its own save_dir and runs again as it is.
+    # The saved config names every logger with its own save_dir and runs again as it is (elsewhere:
+    # the reference run is shared and stays as it is).
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     kinds = [entry["class_path"].rsplit(".", 1)[1] for entry in saved["trainer"]["logger"]]
     assert kinds == ["WandbLogger", "CSVLogger", "TensorBoardLogger", "MLFlowLogger"]
     assert saved["trainer"]["logger"][1]["init_args"]["save_dir"] == "csv"
     assert saved["trainer"]["logger"][0]["init_args"]["save_dir"] is None  # gaaf-fit's choice, not the user's
-    again = run_fit("--config", str(run_dir / "config.yaml"), cwd=tmp_path, env=fit_env(mnist_dir))
+    again = fit_in_process(
+        "--config", str(run_dir / "config.yaml"), cwd=tmp_path, env=fit_env(mnist_dir), wandb=True
+    )
     assert again.returncode == 0, again.stderr[-3000:]
-    assert len(_csv_rows(tmp_path / "csv" / "version_1")) > 0
-    assert (tmp_path / "runs" / "loggers" / "version_1" / "wandb").is_dir()
+    assert len(_csv_rows(tmp_path / "csv" / "version_0")) > 0
+    assert (tmp_path / "runs" / "mnist_gaaf" / "version_0" / "wandb").is_dir()
+    assert len(_mlflow_metrics(tmp_path / "mlflow.db")["test/acc"]) == 1
 
 
 def test_csv_logger_alone(tmp_path: Path, mnist_dir: Path) -> None:
     args = ["--config", "mnist_base", *TINY, "--trainer.logger", "pytorch_lightning.loggers.CSVLogger"]
     args += ["--trainer.logger.save_dir", "csv"]
-    result = run_fit(*args, cwd=tmp_path, env=fit_env(mnist_dir))
+    # W&B on as in a program run: the check that no offline W&B run is made could not fail without it.
+    result = fit_in_process(*args, cwd=tmp_path, env=fit_env(mnist_dir), wandb=True)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = _csv_rows(tmp_path / "csv")
     assert any(r.get("test/acc") for r in rows) and any(r.get("val/acc") for r in rows)

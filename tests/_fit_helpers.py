@@ -14,9 +14,10 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -90,14 +91,23 @@ def fit_in_process(*args: str, cwd: Path, env: dict[str, str], wandb: bool = Fal
     """``gaaf-fit ARGS`` as a program run in ``cwd`` with ``env`` would end, without a new process.
 
     W&B is disabled unless ``wandb`` (a test that reads the W&B run): its service start costs seconds.
+    """
+    env = {**env, "WANDB_MODE": env.get("WANDB_MODE", "offline") if wandb else "disabled"}
+    return run_program(run_entry_point, args, cwd, env)
+
+
+def run_program(
+    main: Callable[[list[str]], Any], argv: Sequence[str], cwd: Path, env: dict[str, str]
+) -> FitResult:
+    """``main(argv)`` as the program run in ``cwd`` with ``env`` would end: exit status and output.
+
     Exit status as the interpreter gives it: ``SystemExit``'s code, 1 and the traceback on stderr for
     any other exception.
     """
-    env = {**env, "WANDB_MODE": env.get("WANDB_MODE", "offline") if wandb else "disabled"}
     out, err = io.StringIO(), io.StringIO()
     with program_context(cwd, env), _captured(out, err):
         try:
-            run_entry_point(args)
+            main(list(argv))
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -9,16 +9,14 @@ process (working directory, environment, SIGINT/SIGTERM handlers, torch threads,
 from __future__ import annotations
 
 import contextlib
-import io
 import signal
-import sys
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import _fit_helpers
 import yaml
-from _fit_helpers import FitResult, _captured, program_context
+from _fit_helpers import FitResult
 
 from lightning_gaaf.run.result import RunResult
 from lightning_gaaf.stats import write_stats
@@ -47,20 +45,9 @@ def process_state() -> Iterator[None]:
 def run_program(
     main: Callable[[list[str]], Any], argv: Sequence[str], cwd: Path, env: dict[str, str]
 ) -> FitResult:
-    """``main(argv)`` as the program run in ``cwd`` with ``env`` would end: exit status and output."""
-    out, err = io.StringIO(), io.StringIO()
-    with process_state(), program_context(cwd, env), _captured(out, err):
-        try:
-            main(list(argv))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            if exc.code is not None and not isinstance(exc.code, int):
-                print(exc.code, file=sys.stderr)
-        except Exception:
-            traceback.print_exc()
-            code = 1
-    return FitResult(code, out.getvalue(), err.getvalue())
+    """:func:`_fit_helpers.run_program`, and the process state the programs change comes back too."""
+    with process_state():
+        return _fit_helpers.run_program(main, argv, cwd, env)
 
 
 def _option(args: Sequence[str], name: str, default: str | None = None) -> str | None:

@@ -88,9 +88,12 @@ class _StartupNoise(logging.Filter):
         return "litlogger" not in record.getMessage()
 
 
+_STARTUP_NOISE = _StartupNoise()
+
+
 def quiet_startup_noise() -> None:
     """Hide messages that say nothing about the run (an advertisement, a library's own deprecation)."""
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_StartupNoise())
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_STARTUP_NOISE)  # once per logger
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 
 

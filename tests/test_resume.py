@@ -456,16 +456,19 @@ def test_ddp_sigterm_to_rank_zero_then_resume_equals_uninterrupted(tmp_path: Pat
     reference_cwd, cwd = tmp_path / "reference", tmp_path / "interrupted"
     reference_cwd.mkdir(), cwd.mkdir()
     log = tmp_path / "reference.log"  # a file, not a pipe: nobody reads the pipe while it runs
+    # One launch after the other: two DDP launches at once can pick the same rendezvous port.
     with log.open("w") as out:
-        reference = subprocess.Popen(
-            fit_command(*ARGS, *DDP), cwd=reference_cwd, env=_env(mnist_dir), stdout=out, stderr=out
+        reference = subprocess.run(
+            fit_command(*ARGS, *DDP),
+            cwd=reference_cwd,
+            env=_env(mnist_dir),
+            stdout=out,
+            stderr=out,
+            timeout=600,
         )
-    try:
-        step = STEPS_PER_EPOCH + 2
-        stopped = _interrupt(cwd, mnist_dir, step, signal.SIGTERM, *DDP)
-    finally:
-        reference.wait(timeout=600)
     assert reference.returncode == 0, log.read_text()[-3000:]
+    step = STEPS_PER_EPOCH + 2
+    stopped = _interrupt(cwd, mnist_dir, step, signal.SIGTERM, *DDP)
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     run_dir = _run_dir(cwd)
     assert _ckpt(run_dir / "checkpoints" / "last.ckpt")["global_step"] == step

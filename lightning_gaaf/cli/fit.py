@@ -114,7 +114,7 @@ def main(args: Sequence[str] | None = None) -> None:
     policy = start_threads(PROG)  # before torch is imported: the OpenMP runtime reads it once
     from lightning_gaaf.run import fit_and_test
 
-    if _is_rank_zero():
+    if _is_rank_zero() and not any(a.startswith("--print_config") for a in argv):  # that prints YAML only
         print(f"{PROG}: {policy.describe()}", flush=True)
     quiet_startup_noise()
     try:

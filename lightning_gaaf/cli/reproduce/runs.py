@@ -52,6 +52,8 @@ def run_job(job: Job, env: dict[str, str]) -> Outcome:
     import traceback
 
     os.environ.update(env)
+    if "WANDB_SERVICE" not in env:  # a W&B service of an earlier run in this process is not this run's
+        os.environ.pop("WANDB_SERVICE", None)
     from lightning_gaaf.run import fit_and_test
     from lightning_gaaf.run.composition import UsageError
 

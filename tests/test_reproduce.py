@@ -16,7 +16,7 @@ import yaml
 from _tune_helpers import run_program
 
 from lightning_gaaf.cli.reproduce.main import main as reproduce_main
-from lightning_gaaf.cli.reproduce.tables import PAPER_NOTE, PAPER_TABLE4, paired_difference
+from lightning_gaaf.cli.reproduce.tables import PAPER_NOTE, PAPER_TABLE4
 from lightning_gaaf.datamodules.synthetic import write_mnist
 from lightning_gaaf.stats import find_stats_file, read_stats
 
@@ -178,19 +178,6 @@ def test_fashion_mnist_uses_the_same_configs_with_its_own_data(tmp_path):
         config = (tmp_path / "out" / "runs" / model / "seed_0" / "config.yaml").read_text()
         assert "class_path: lightning_gaaf.datamodules.FashionMNISTDataModule" in config
     assert "| n/a | n/a |" in (tmp_path / "out" / "table4.md").read_text()
-
-
-def test_paired_difference_matches_the_t_distribution():
-    d = paired_difference([1.0, 2.0, 3.0], [0.0, 0.0, 1.0])
-    # differences 1, 2, 2: mean 5/3, sample std 1/sqrt(3), t = 5 with 2 degrees of freedom
-    assert d["mean"] == pytest.approx(5 / 3) and d["std"] == pytest.approx(3**-0.5)
-    assert d["p_value"] == pytest.approx(0.03775, abs=1e-4)
-    half = 4.302653 * (3**-0.5) / 3**0.5
-    assert (d["ci_low"], d["ci_high"]) == (pytest.approx(5 / 3 - half), pytest.approx(5 / 3 + half))
-    single = paired_difference([1.0], [0.5])
-    assert single["mean"] == 0.5 and single["std"] is None and single["p_value"] is None
-    with pytest.raises(ValueError, match="cannot be paired"):
-        paired_difference([1.0, 2.0], [1.0])
 
 
 def test_tuned_comparison_selects_on_validation_and_retrains(tmp_path):

@@ -1,12 +1,12 @@
-"""The reproduction tables' statistics and layout, on hand-computable numbers (no training)."""
+"""The reproduction tables' layout and comparisons, on hand-computable numbers (no training)."""
 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from lightning_gaaf.cli.reproduce import tables as rt
+from lightning_gaaf.cli.reproduce.statistics import holm
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 
@@ -15,56 +15,16 @@ def runs_of(values: dict[str, list[float]], key: str = "test_acc") -> dict[str, 
     return {m: [{"seed": s, key: v} for s, v in enumerate(vs)] for m, vs in values.items()}
 
 
-def test_holm_adjusts_step_down_and_keeps_the_order():
-    # sorted 0.01, 0.02, 0.04 -> 3 * 0.01, max(0.03, 2 * 0.02), max(0.04, 1 * 0.04)
-    assert rt.holm([0.04, 0.01, 0.02]) == [pytest.approx(0.04), pytest.approx(0.03), pytest.approx(0.04)]
-    # monotone: a larger raw p never gets a smaller adjusted p; capped at 1; None is not counted
-    assert rt.holm([0.5, None, 0.6]) == [pytest.approx(1.0), None, pytest.approx(1.0)]
-    assert rt.holm([0.03]) == [pytest.approx(0.03)]
-
-
 def test_paired_comparisons_are_holm_adjusted_per_measure():
     runs = runs_of({"gaaf": [1.0, 2.0, 3.0], "dropout": [0.0, 0.0, 1.0], "base": [0.0, 0.5, 0.0]})
     rows = rt.paired_comparisons(runs, "test_acc")
     assert [(r["a"], r["b"]) for r in rows] == list(rt.PAIRS)
     assert rows[0]["p_value"] == pytest.approx(0.03775, abs=1e-4)  # differences 1, 2, 2: t = 5, 2 df
-    assert [r["p_holm"] for r in rows] == rt.holm([r["p_value"] for r in rows])
+    assert [r["p_holm"] for r in rows] == holm([r["p_value"] for r in rows])
     text = rt.comparison_table(runs, [("test accuracy, points", "test_acc", 2)])
     line = next(x for x in text.splitlines() if x.startswith("| gaaf - dropout |"))
     assert "+1.67 (0.58)" in line and f"| {rows[0]['p_holm']:.2g} | 3 |" in line
     assert "over the 3 comparisons" in text and "seed-to-seed variation only" in text
-
-
-def test_mcnemar_is_the_exact_binomial_test_of_the_discordant_images():
-    # 1 image only a right, 9 only b right, 90 both right: p = 2 * P(X <= 1 | n = 10, 1/2) = 22 / 1024
-    a = np.array([True] * 1 + [False] * 9 + [True] * 90)
-    b = np.array([False] * 1 + [True] * 9 + [True] * 90)
-    result = rt.mcnemar(a, b)
-    assert (result["a_only"], result["b_only"], result["n"]) == (1, 9, 100)
-    assert result["p_value"] == pytest.approx(22 / 1024)
-    assert result["difference"] == pytest.approx(-8.0)
-    # seeds pooled: two seeds of the same 100 images double the counts; no discordance -> p = 1
-    assert rt.mcnemar(np.stack([a, a]), np.stack([b, b]))["b_only"] == 18
-    assert rt.mcnemar(a, a)["p_value"] == 1.0
-    with pytest.raises(ValueError, match="cannot be paired"):
-        rt.mcnemar(a, b[:50])
-
-
-def test_bootstrap_ci_covers_the_true_difference_and_repeats_for_a_seed():
-    rng = np.random.default_rng(1)
-    b = rng.random((3, 2000)) < 0.9  # three seeds of 2000 images
-    a = b.copy()
-    flip = rng.random(a.shape) < 0.05  # a right on 5 % more images: true difference about +5 points
-    a[flip] = True
-    truth = 100.0 * (a.mean() - b.mean())
-    result = rt.bootstrap_difference(a, b, n_boot=500, seed=7)
-    assert result["mean"] == pytest.approx(truth)
-    assert result["ci_low"] < truth < result["ci_high"]
-    assert 0.2 < result["ci_high"] - result["ci_low"] < 3.0  # sqrt(p/n)-sized, not degenerate
-    assert rt.bootstrap_difference(a, b, n_boot=500, seed=7) == result
-    assert rt.bootstrap_difference(a, b, n_boot=500, seed=8) != result
-    same = rt.bootstrap_difference(b, b, n_boot=50)
-    assert (same["ci_low"], same["ci_high"]) == (0.0, 0.0)
 
 
 def test_one_seed_shows_no_spread():

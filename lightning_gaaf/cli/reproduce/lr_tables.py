@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_gaaf.cli.reproduce import lr_plan as lp
-from lightning_gaaf.cli.reproduce.tables import format_mean_std, format_paired, holm, paired_difference
+from lightning_gaaf.cli.reproduce.statistics import format_mean_std, format_paired, holm, paired_difference
 
 ROWS = (*lp.MODELS, lp.CONTROL)
 COMPARISONS = (("gaaf", "base"), ("gaaf", "dropout"), ("gaaf", lp.CONTROL), (lp.CONTROL, "base"))

@@ -23,13 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from lightning_gaaf.cli.reproduce.runs import Job, run_jobs
-from lightning_gaaf.cli.reproduce.tables import (
-    MODELS,
-    PAPER_TABLE4,
-    format_paired,
-    mean_std,
-    paired_difference,
-)
+from lightning_gaaf.cli.reproduce.statistics import format_paired, mean_std, paired_difference
+from lightning_gaaf.cli.reproduce.tables import MODELS, PAPER_TABLE4
 from lightning_gaaf.cli.tune.trial import fit_args as trial_fit_args
 
 #: The trials' sampler seed and the seed of every trial's run; the retrained runs use seeds 1..N.

@@ -3,9 +3,11 @@
 Per dataset and protocol, ``<out>/<dataset>/<protocol>/tables.md`` holds (1) the learning-rate
 selection: every grid point's validation score per model and the selected rate; (2) epochs,
 optimizer steps and wall time to each validation-accuracy target at each model's own rate, mean
-(sample std) over seeds, and paired-by-seed differences of GAAF against the others; (3) the
-best-epoch (lowest val/loss) test accuracy. ``val_acc.png`` shows the validation-accuracy curves
-at each model's selected rate, mean over seeds with a min-max band.
+(sample std) over seeds, and the paired-by-seed comparisons (:data:`COMPARISONS`, Holm over the
+table; a run that never reaches a target is censored at the epoch cap); (3) the best-epoch (lowest
+val/loss) test accuracy with the same comparisons, plus McNemar and a bootstrap over images
+(:mod:`.comparisons`). ``val_acc.png`` shows the validation-accuracy curves at each model's
+selected rate, mean over seeds with a min-max band.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning_gaaf.cli.reproduce import comparisons as cm
 from lightning_gaaf.cli.reproduce import lr_plan as lp
-from lightning_gaaf.cli.reproduce.statistics import format_mean_std, format_paired, holm, paired_difference
+from lightning_gaaf.cli.reproduce.statistics import format_mean_std
 
 ROWS = (*lp.MODELS, lp.CONTROL)
-COMPARISONS = (("gaaf", "base"), ("gaaf", "dropout"), ("gaaf", lp.CONTROL), (lp.CONTROL, "base"))
+#: The comparisons of every table, ``a - b``: GAAF against each, dropout against base, the control against GAAF.
+COMPARISONS = (("gaaf", "base"), ("gaaf", "dropout"), ("dropout", "base"), (lp.CONTROL, "gaaf"))
 
 
 def to_targets(epochs: Sequence[Mapping[str, Any]], targets: Sequence[float]) -> dict[float, dict | None]:
@@ -82,6 +86,8 @@ def selection_table(sels: Mapping[str, lp.Selection], records: Sequence[Mapping[
 
 
 def target_table(finals: Mapping[str, list[Mapping]], targets: Sequence[float]) -> list[str]:
+    """Per model and target: how many seeds reached it and, over those, the time they took; the
+    epoch cap of the others (``> 100 (2 runs)``)."""
     lines = [
         "| model | lr | target val acc % | reached (of n) | epochs | optimizer steps | wall time s | CPU time s |",
         "|---|---|---|---|---|---|---|---|",
@@ -92,41 +98,55 @@ def target_table(finals: Mapping[str, list[Mapping]], targets: Sequence[float]) 
         for target in targets:
             hits = [to_targets(r["epochs"], targets)[target] for r in runs]
             got = [h for h in hits if h is not None]
+            missed = [r for r, h in zip(runs, hits, strict=True) if h is None]
+            caps = sorted({r["max_epochs"] for r in missed})
+            out = f"> {'/'.join(map(str, caps))} ({len(missed)} run{'s' * (len(missed) > 1)})"
+            epochs = "; ".join(
+                c for c in (_ms([h["epoch"] for h in got]) if got else "", out if missed else "") if c
+            )
             lines.append(
                 f"| {model} | {lp.lr_label(runs[0]['lr'])} | {target:.1f} | {len(got)}/{len(runs)} "
-                f"| {_ms([h['epoch'] for h in got])} | {_ms([h['step'] for h in got], 0)} "
+                f"| {epochs} | {_ms([h['step'] for h in got], 0)} "
                 f"| {_ms([h['seconds'] for h in got])} | {_ms([h['cpu_seconds'] for h in got])} |"
             )
     return lines
 
 
-def paired_lines(finals: Mapping[str, list[Mapping]], targets: Sequence[float]) -> list[str]:
-    """Paired-by-seed differences in epochs to each target (only seeds where both reached it), with a
-    paired t-test and Holm's correction over all the comparisons listed."""
-    rows: list[tuple[str, dict[str, Any], str]] = []
-    for a, b in COMPARISONS:
-        ra = {r["seed"]: to_targets(r["epochs"], targets) for r in finals.get(a, [])}
-        rb = {r["seed"]: to_targets(r["epochs"], targets) for r in finals.get(b, [])}
-        for target in targets:
-            seeds = [s for s in sorted(set(ra) & set(rb)) if ra[s][target] and rb[s][target]]
-            if len(seeds) < 2:
-                continue
-            d = paired_difference(
-                [ra[s][target]["epoch"] for s in seeds], [rb[s][target]["epoch"] for s in seeds]
-            )
-            ratio = [ra[s][target]["epoch"] / rb[s][target]["epoch"] for s in seeds]
-            extra = f"; epoch ratio {format_mean_std(ratio)}"
-            for key, label in (("seconds", "wall-time"), ("cpu_seconds", "CPU-time")):
-                if all(ra[s][target][key] and rb[s][target][key] for s in seeds):
-                    extra += f"; {label} ratio {format_mean_std([ra[s][target][key] / rb[s][target][key] for s in seeds])}"
-            rows.append((f"{a} - {b}, epochs to {target:.1f} %", d, extra + f"; seeds {seeds}"))
-    adjusted = holm([d["p_value"] for _, d, _ in rows])
-    lines = []
-    for (label, d, extra), p_holm in zip(rows, adjusted, strict=True):
-        text = "* " + format_paired(label, d, unit=" epochs") + extra
-        if p_holm is not None:
-            text += f"; Holm-adjusted p = {p_holm:.3g} (over the {len(rows)} comparisons listed)"
-        lines.append(text)
+def to_target(record: Mapping[str, Any], target: float, unit: str = "epoch") -> cm.Measured:
+    """Epochs (or optimizer steps) to ``target``; a run that never reached it is censored at its
+    budget, the epoch cap (times the steps per epoch)."""
+    hit = to_targets(record["epochs"], [target])[target]
+    if hit is not None:
+        return float(hit[unit]), False
+    cap = record["max_epochs"] * (record["steps_per_epoch"] if unit == "step" else 1)
+    return float(cap), True
+
+
+def time_table(finals: Mapping[str, list[Mapping]], targets: Sequence[float], cap: int) -> list[str]:
+    """Paired-by-seed differences in epochs and optimizer steps to each target, Holm over the table."""
+    rows = []
+    for target in targets:
+        for a, b in COMPARISONS:
+            row = cm.paired(finals, a, b, lambda r, t=target: to_target(r, t))
+            steps = cm.paired(finals, a, b, lambda r, t=target: to_target(r, t, "step"))
+            rows.append({**row, "target": target, "steps": steps})
+    cm.with_holm(rows)
+    lines = [
+        f"Paired by seed, each model at its own rate. A run that never reached a target counts as reaching "
+        f"it at the epoch cap ({cap} epochs; listed as > {cap} above), so a difference involving it is a "
+        "bound; a pair where neither run reached it is left out. p: paired t-test on epochs (the step "
+        f"counts give the same test: steps per epoch are equal); p (Holm): adjusted across the {len(rows)} "
+        "comparisons of this table. `n < 2`: fewer than two paired seeds.",
+        "",
+        "| comparison | target val acc % | paired seeds (censored) | epochs: mean difference (sample std) [95 % CI] "
+        "| optimizer steps: mean difference (sample std) [95 % CI] | p | p (Holm) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['a']} - {r['b']} | {r['target']:.1f} | {r['n']} ({r['censored']}) | {cm.diff_cell(r, 1)} "
+            f"| {cm.diff_cell(r['steps'], 0)} | {cm.p_cell(r)} | {cm.p_cell(r, 'p_holm')} |"
+        )
     return lines
 
 
@@ -201,6 +221,18 @@ def figure(
     return out
 
 
+def tables_command(args: argparse.Namespace) -> str:
+    """The command that rebuilds these tables (the output folder relative to the working directory)."""
+    out = args.out.resolve()
+    out = out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else args.out
+    return (
+        f"gaaf-reproduce --lr-study --datasets {' '.join(args.datasets)} --protocols {' '.join(args.protocols)} "
+        f"--max-epochs {args.max_epochs} --patience {args.patience} --max-extensions {args.max_extensions} "
+        + (f"--grid {' '.join(map(repr, args.grid))} " if args.grid else "")
+        + f"--out {out.as_posix()} --tables-only"
+    )
+
+
 def write_tables(args: argparse.Namespace, records: Sequence[Mapping[str, Any]]) -> list[Path]:
     """Write tables.md and val_acc.png of every study with finished runs; returns the files written."""
     written = []
@@ -223,7 +255,7 @@ def write_tables(args: argparse.Namespace, records: Sequence[Mapping[str, Any]])
             f"# Learning-rate study: {dataset}, {lp.PROTOCOLS[protocol][1]}",
             "",
             f"{len(recs)} finished runs; cap {args.max_epochs} epochs, early stopping on val/loss "
-            f"(patience {args.patience}). Generated by `gaaf-reproduce --lr-study --tables-only`.",
+            f"(patience {args.patience}). Generated from the run records by `{tables_command(args)}`.",
             "",
             "## 1. Learning-rate selection (validation only)",
             "",
@@ -240,11 +272,18 @@ def write_tables(args: argparse.Namespace, records: Sequence[Mapping[str, Any]])
             "",
             *target_table(finals, targets),
             "",
-            *paired_lines(finals, targets),
+            *time_table(finals, targets, args.max_epochs),
             "",
             "## 3. Test accuracy at the best-val/loss epoch (read once per run, never used to choose)",
             "",
             *test_table(finals),
+            "",
+            *cm.accuracy_table(
+                rows := cm.accuracy_rows(finals, COMPARISONS, folder),
+                "Paired differences in test accuracy at the best epoch, each model at its own rate:",
+            ),
+            "",
+            cm.ACCURACY_NOTE.format(m=len(rows)),
             "",
             f"Control `{lp.CONTROL}`: base at base's rate with per-layer factors {lp.GAAF_GRAD_RATIO} "
             "(GAAF/base gradient information, docs/results/mnist_slow/table2.md).",

@@ -142,6 +142,43 @@ def test_splits_load_through_torchvision_as_uint8_tensors(name: str, synthetic_r
             assert int(ds.labels[pos]) == label
 
 
+@pytest.mark.parametrize("name", ["mnist", "svhn"])
+def test_training_subset_is_seeded_nested_and_disjoint_from_validation(name: str, synthetic_root: Path):
+    full = _dm(name, synthetic_root)
+    small, small_again, large = (_dm(name, synthetic_root, train_size=n) for n in (50, 50, 120))
+    for dm in (full, small, small_again, large):
+        dm.setup("fit")
+    assert (small.train_indices.numel(), large.train_indices.numel()) == (50, 120)
+    assert torch.equal(small.train_indices, small_again.train_indices)  # drawn once, by data.seed
+    assert torch.equal(
+        small.train_dataset.images,
+        full.train_dataset.images[torch.isin(full.train_indices, small.train_indices)],
+    )
+    for dm in (small, large):
+        assert torch.equal(dm.val_indices, full.val_indices)  # the same validation images
+        assert not torch.isin(dm.train_indices, dm.val_indices).any()
+    assert torch.isin(small.train_indices, large.train_indices).all()  # nested
+    assert len(small.train_dataset) == (50 + N_TRAIN if name == "svhn" and small.use_extra else 50)
+    everything = _dm(name, synthetic_root, train_size=N_TRAIN - VAL)
+    everything.setup("fit")
+    assert torch.equal(everything.train_indices, full.train_indices)
+    assert torch.equal(everything.train_dataset.images, full.train_dataset.images)
+    other = _dm(name, synthetic_root, train_size=50, seed=1)
+    other.setup("fit")
+    assert not torch.equal(other.train_indices, small.train_indices)
+
+
+def test_training_subset_errors_name_the_field(synthetic_root: Path):
+    with pytest.raises(ValueError, match="data.train_size must be an integer >= 1, got 0"):
+        MNISTDataModule(train_size=0)
+    too_many = _dm("mnist", synthetic_root, train_size=N_TRAIN - VAL + 1)
+    with pytest.raises(
+        ValueError,
+        match=rf"data.train_size=201 exceeds the 200 training images of the MNIST training split left after data.val_size={VAL}",
+    ):
+        too_many.setup("fit")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_validation_split_is_seeded(name: str, synthetic_root: Path):
     a, b, c = (_dm(name, synthetic_root, seed=s) for s in (0, 0, 1))

@@ -99,7 +99,12 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         root: dataset root in torchvision layout; ``None`` reads ``$GAAF_DATA_DIR``, else ``./data``.
         batch_size: images per batch for every split.
         val_size: images held out of the official training split for validation (0 disables it).
-        seed: seed of the train/val split only. The training order follows the global seed
+        train_size: train on only this many of the remaining images of the official training split
+            (``None``: all of them). The subset is the next ``train_size`` images of the same seeded
+            permutation that draws the validation images: disjoint from validation, the same for
+            every global seed and model, and nested (a smaller size is part of a larger one). Extra
+            training splits (SVHN ``use_extra``) are still added whole.
+        seed: seed of the train/val split (and training subset) only. The training order follows the global seed
             (``seed_everything``; see :attr:`train_order_seed`), augmentation the global RNG.
         num_workers: DataLoader worker processes; 0 is usually fastest since a batch is one gather.
         download: download missing files with torchvision (never re-downloads existing files).
@@ -129,12 +134,14 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         download: bool = True,
         augment: bool = True,
+        train_size: int | None = None,
     ) -> None:
         super().__init__()
         for field, value, low in (
             ("batch_size", batch_size, 1),
             ("val_size", val_size, 0),
             ("num_workers", num_workers, 0),
+            ("train_size", 1 if train_size is None else train_size, 1),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"data.{field} must be an integer >= {low}, got {value!r}")
@@ -142,6 +149,7 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         self.root = resolve_root(root)
         self.batch_size = batch_size
         self.val_size = val_size
+        self.train_size = train_size
         self.seed = seed
         self.num_workers = num_workers
         self.download = download
@@ -260,8 +268,15 @@ class InMemoryImageDataModule(pl.LightningDataModule):
                     f"training split has {n} images"
                 )
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+            left = n - self.val_size
+            if self.train_size is not None and self.train_size > left:
+                raise ValueError(
+                    f"data.train_size={self.train_size} exceeds the {left} training images of the "
+                    f"{self.display_name} training split left after data.val_size={self.val_size}"
+                )
+            end = n if self.train_size is None else self.val_size + self.train_size
             self.val_indices = perm[: self.val_size].sort().values
-            self.train_indices = perm[self.val_size :].sort().values
+            self.train_indices = perm[self.val_size : end].sort().values
             train_parts = [(images[self.train_indices], labels[self.train_indices])]
             train_parts += [self._load_checked(split) for split in self._extra_train_splits()]
             self.train_dataset = InMemoryImageDataset(

@@ -41,6 +41,7 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         download: bool = True,
         augment: bool = True,
         verify_checksums: bool = True,
+        train_size: int | None = None,
     ) -> None:
         self.verify_checksums = verify_checksums
         super().__init__(
@@ -51,6 +52,7 @@ class CIFAR10DataModule(InMemoryImageDataModule):
             num_workers=num_workers,
             download=download,
             augment=augment,
+            train_size=train_size,
         )
 
     def _dataset_dir(self) -> Path:

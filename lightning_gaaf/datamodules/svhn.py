@@ -42,6 +42,7 @@ class SVHNDataModule(InMemoryImageDataModule):
         download: bool = True,
         augment: bool = True,
         use_extra: bool = False,
+        train_size: int | None = None,
     ) -> None:
         super().__init__(
             root=root,
@@ -51,6 +52,7 @@ class SVHNDataModule(InMemoryImageDataModule):
             num_workers=num_workers,
             download=download,
             augment=augment,
+            train_size=train_size,
         )
         self.use_extra = use_extra
 

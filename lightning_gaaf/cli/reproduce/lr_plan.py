@@ -55,6 +55,8 @@ class Run:
     model: str
     lr: float
     seed: int
+    #: training images (``None``: the whole training split); only the size study sets it
+    train_size: int | None = None
 
     @property
     def name(self) -> str:

@@ -23,7 +23,7 @@ import json
 import multiprocessing
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -42,26 +42,30 @@ QUICK_ARGS = [
     "--trainer.limit_train_batches", "8", "--trainer.limit_val_batches", "2",
     "--trainer.limit_test_batches", "2", "--trainer.log_every_n_steps", "2",
 ]  # fmt: skip
-#: Only what the study reads: gradient information (for the control's factors), epoch times, predictions.
+#: Only what the study reads: gradient information (for the control's factors), epoch times, predictions,
+#: the tested weights' training-set accuracy (for the size study's generalisation gap).
 CALLBACKS = (
     "[{class_path: lightning_gaaf.callbacks.GradInfoMonitor}, "
     "{class_path: lightning_gaaf.callbacks.timing.EpochTimer}, "
-    "{class_path: lightning_gaaf.callbacks.predictions.TestPredictions}]"
+    "{class_path: lightning_gaaf.callbacks.predictions.TestPredictions}, "
+    "{class_path: lightning_gaaf.callbacks.train_accuracy.TrainSetAccuracy}]"
 )
 
 
-def study_dir(out: Path, dataset: str, protocol: str) -> Path:
-    return out / dataset / protocol
+def study_dir(out: Path, dataset: str, protocol: str, train_size: int | None = None) -> Path:
+    """``<out>/<dataset>/<protocol>``, and ``/n<train_size>`` for a training subset (size study)."""
+    folder = out / dataset / protocol
+    return folder if train_size is None else folder / f"n{train_size}"
 
 
 def record_path(out: Path, run: lp.Run) -> Path:
-    return study_dir(out, run.dataset, run.protocol) / "runs" / f"{run.name}.json"
+    return study_dir(out, run.dataset, run.protocol, run.train_size) / "runs" / f"{run.name}.json"
 
 
 def load_records(out: Path) -> list[dict[str, Any]]:
     """Every finished run's record under ``out`` (a JSON that does not parse is not finished)."""
     records = []
-    for path in sorted(out.glob("*/*/runs/*.json")):
+    for path in sorted([*out.glob("*/*/runs/*.json"), *out.glob("*/*/n*/runs/*.json")]):
         try:
             records.append(json.loads(path.read_text()))
         except (OSError, ValueError):
@@ -92,6 +96,8 @@ def fit_args(args: argparse.Namespace, run: lp.Run, run_dir: Path) -> list[str]:
         cmd += ["--data.init_args.root", str(args.data_dir)]
     if args.val_size is not None:
         cmd += ["--data.init_args.val_size", str(args.val_size)]
+    if run.train_size is not None:
+        cmd += ["--data.init_args.train_size", str(run.train_size)]
     return cmd + (QUICK_ARGS if args.quick else [])
 
 
@@ -124,6 +130,7 @@ def summarize(args: argparse.Namespace, run: lp.Run, run_dir: Path, seconds: flo
     prefix = lp.PROTOCOLS[run.protocol][0]
     return {
         "dataset": run.dataset, "protocol": run.protocol, "model": run.model, "lr": run.lr, "seed": run.seed,
+        "train_size": run.train_size,
         "config": f"configs/{prefix}_{run.config_model}.yaml",
         "layer_lr_scale": lp.GAAF_GRAD_RATIO if run.model == lp.CONTROL else None,
         "max_epochs": args.max_epochs, "patience": args.patience, "quick": args.quick,
@@ -133,6 +140,8 @@ def summarize(args: argparse.Namespace, run: lp.Run, run_dir: Path, seconds: flo
         "best_val_loss": None if best is None else best["val_loss"],
         "best_val_acc": None if best is None else best["val_acc"],
         "test_acc": _pct(metrics["test"]["test/acc"]), "test_loss": metrics["test"].get("test/loss"),
+        "train_eval_acc": _pct(metrics["test"].get("test/train_acc")),
+        "train_eval_loss": metrics["test"].get("test/train_loss"),
         "train_time_s": round(sum(e["time_s"] or 0.0 for e in epochs), 2),
         "train_cpu_s": round(sum(e["cpu_s"] or 0.0 for e in epochs), 2),
         "process_time_s": round(seconds, 2),
@@ -144,7 +153,7 @@ def summarize(args: argparse.Namespace, run: lp.Run, run_dir: Path, seconds: flo
 
 def job_for(args: argparse.Namespace, run: lp.Run) -> Job:
     """The ``gaaf-fit`` job of one run, in a fresh run directory (an interrupted or failed one starts again)."""
-    run_dir = (args.work_dir / run.dataset / run.protocol / run.name).resolve()
+    run_dir = (study_dir(args.work_dir, run.dataset, run.protocol, run.train_size) / run.name).resolve()
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +166,7 @@ def record_outcome(args: argparse.Namespace, run: lp.Run, outcome: Outcome) -> i
         return (outcome.result.exit_code if outcome.result is not None else 0) or 1
     run_dir = outcome.result.run_dir
     record = summarize(args, run, run_dir, outcome.seconds)
-    folder = study_dir(args.out, run.dataset, run.protocol)
+    folder = study_dir(args.out, run.dataset, run.protocol, run.train_size)
     (folder / "predictions").mkdir(parents=True, exist_ok=True)
     from lightning_gaaf.callbacks.predictions import FILENAME as PREDICTIONS_FILE
 
@@ -211,49 +220,43 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    from lightning_gaaf.cli.reproduce.lr_tables import write_tables
-
-    args = parse_args(argv)
+def check_configs(prog: str, configs: Path) -> None:
+    """One clear error when a published config the studies train is missing."""
     missing = [
         f"{prefix}_{m}.yaml"
         for prefix, _ in lp.PROTOCOLS.values()
         for m in lp.MODELS
-        if not (args.configs / f"{prefix}_{m}.yaml").is_file()
+        if not (configs / f"{prefix}_{m}.yaml").is_file()
     ]
     if missing:
-        raise SystemExit(
-            f"{PROG}: error: {', '.join(missing)} not found in {args.configs}; pass --configs DIR"
-        )
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.tables_only:
-        written = write_tables(args, load_records(args.out))
-        print(f"{PROG}: wrote {', '.join(str(p) for p in written) or 'nothing (no finished runs)'}")
-        return
-    print(f"{PROG}: {start_threads(PROG).describe()}", flush=True)  # before torch is imported
+        raise SystemExit(f"{prog}: error: {', '.join(missing)} not found in {configs}; pass --configs DIR")
+
+
+def run_study(
+    prog: str,
+    args: argparse.Namespace,
+    todo: Callable[[list[dict[str, Any]]], list[lp.Run]],
+    write_tables: Callable[[argparse.Namespace, list[dict[str, Any]]], list[Path]],
+) -> None:
+    """Train what ``todo(records)`` plans, ``args.jobs`` at once, re-planning after every finished run
+    and rebuilding the tables; finished runs (their records under ``args.out``) are never redone."""
+    print(f"{prog}: {start_threads(prog).describe()}", flush=True)  # before torch is imported
     env = dict(os.environ)
     env.pop("WANDB_SERVICE", None)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("WANDB_MODE", "disabled")
-
-    def todo() -> list[lp.Run]:
-        return lp.plan(
-            args.studies, load_records(args.out), args.seeds, args.max_extensions,
-            control=not args.no_control, grids=args.grids, models=args.models,
-        )  # fmt: skip
-
-    print(f"{PROG}: {len(load_records(args.out))} finished run(s) found in {args.out}", flush=True)
+    print(f"{prog}: {len(load_records(args.out))} finished run(s) found in {args.out}", flush=True)
     running: dict[lp.Run, Future] = {}
     failed: set[lp.Run] = set()
     trained = 0
     # Each run is lightning_gaaf.run.fit_and_test in a worker process (a fit owns its process).
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         while True:
-            for run in todo():
+            for run in todo(load_records(args.out)):
                 if len(running) >= args.jobs:
                     break
                 if run not in running and run not in failed:
-                    print(f"{PROG}: start {run.dataset}/{run.protocol}/{run.name}", flush=True)
+                    print(f"{prog}: start {label(run)}", flush=True)
                     running[run] = pool.submit(run_job, job_for(args, run), env)
             if not running:
                 break
@@ -262,21 +265,43 @@ def main(argv: Sequence[str] | None = None) -> None:
                 outcome = running.pop(run).result()
                 code, seconds = record_outcome(args, run, outcome), outcome.seconds
                 status = "ok" if code == 0 else f"FAILED (exit {code}; log in {args.work_dir})"
-                print(
-                    f"{PROG}: {run.dataset}/{run.protocol}/{run.name}: {status} in {seconds:.0f} s",
-                    flush=True,
-                )
+                print(f"{prog}: {label(run)}: {status} in {seconds:.0f} s", flush=True)
                 if code == 0:
                     trained += 1
                 else:
                     failed.add(run)
             write_tables(args, load_records(args.out))
     write_tables(args, load_records(args.out))
-    print(f"{PROG}: trained {trained} run(s); {len(failed)} failed; results in {args.out}", flush=True)
+    print(f"{prog}: trained {trained} run(s); {len(failed)} failed; results in {args.out}", flush=True)
     if failed:
-        raise SystemExit(
-            f"{PROG}: error: {len(failed)} run(s) failed: {', '.join(r.name for r in sorted(failed))}"
-        )
+        names = ", ".join(sorted(label(r) for r in failed))
+        raise SystemExit(f"{prog}: error: {len(failed)} run(s) failed: {names}")
+
+
+def label(run: lp.Run) -> str:
+    """``dataset/protocol[/n<size>]/name``: how the output names a run."""
+    size = [] if run.train_size is None else [f"n{run.train_size}"]
+    return "/".join([run.dataset, run.protocol, *size, run.name])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from lightning_gaaf.cli.reproduce.lr_tables import write_tables
+
+    args = parse_args(argv)
+    check_configs(PROG, args.configs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.tables_only:
+        written = write_tables(args, load_records(args.out))
+        print(f"{PROG}: wrote {', '.join(str(p) for p in written) or 'nothing (no finished runs)'}")
+        return
+
+    def todo(records: list[dict[str, Any]]) -> list[lp.Run]:
+        return lp.plan(
+            args.studies, records, args.seeds, args.max_extensions,
+            control=not args.no_control, grids=args.grids, models=args.models,
+        )  # fmt: skip
+
+    run_study(PROG, args, todo, write_tables)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ def to_targets(epochs: Sequence[Mapping[str, Any]], targets: Sequence[float]) ->
     return out
 
 
-def _ms(values: Sequence[float], digits: int = 1) -> str:
+def mean_std_cell(values: Sequence[float | None], digits: int = 1) -> str:
+    """``mean (sample std)`` of the values present (one value alone), ``n/a`` without any."""
     values = [v for v in values if v is not None]
     return format_mean_std(values, f".{digits}f") if values else "n/a"
 
@@ -54,6 +55,24 @@ def _final_runs(records: Sequence[Mapping[str, Any]], model: str, lr: float | No
         return []
     runs = [r for r in records if r["model"] == model and math.isclose(r["lr"], lr, rel_tol=1e-9)]
     return sorted(runs, key=lambda r: r["seed"])
+
+
+def selected_runs(
+    records: Sequence[Mapping[str, Any]],
+    dataset: str,
+    protocol: str,
+    max_extensions: int,
+    grids: Mapping[str, Sequence[float]],
+    control: bool = True,
+) -> tuple[dict[str, lp.Selection], dict[str, list[Mapping]]]:
+    """Each model's selection and its runs at the selected rate (once the selection is final; the
+    control's at base's rate), by seed."""
+    sels = lp.selections(dataset, protocol, records, max_extensions, grids)
+    finals = {m: _final_runs(records, m, sels[m].best_lr if m in sels else None) for m in lp.MODELS}
+    if control and "base" in sels and sels["base"].final:
+        finals[lp.CONTROL] = _final_runs(records, lp.CONTROL, sels["base"].best_lr)
+    finals = {m: [r for r in runs if m == lp.CONTROL or sels[m].final] for m, runs in finals.items()}
+    return sels, finals
 
 
 def selection_table(sels: Mapping[str, lp.Selection], records: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -102,12 +121,14 @@ def target_table(finals: Mapping[str, list[Mapping]], targets: Sequence[float]) 
             caps = sorted({r["max_epochs"] for r in missed})
             out = f"> {'/'.join(map(str, caps))} ({len(missed)} run{'s' * (len(missed) > 1)})"
             epochs = "; ".join(
-                c for c in (_ms([h["epoch"] for h in got]) if got else "", out if missed else "") if c
+                c
+                for c in (mean_std_cell([h["epoch"] for h in got]) if got else "", out if missed else "")
+                if c
             )
             lines.append(
                 f"| {model} | {lp.lr_label(runs[0]['lr'])} | {target:.1f} | {len(got)}/{len(runs)} "
-                f"| {epochs} | {_ms([h['step'] for h in got], 0)} "
-                f"| {_ms([h['seconds'] for h in got])} | {_ms([h['cpu_seconds'] for h in got])} |"
+                f"| {epochs} | {mean_std_cell([h['step'] for h in got], 0)} "
+                f"| {mean_std_cell([h['seconds'] for h in got])} | {mean_std_cell([h['cpu_seconds'] for h in got])} |"
             )
     return lines
 
@@ -159,9 +180,9 @@ def test_table(finals: Mapping[str, list[Mapping]]) -> list[str]:
     for model, runs in finals.items():
         if runs:
             lines.append(
-                f"| {model} | {lp.lr_label(runs[0]['lr'])} | {len(runs)} | {_ms([r['best_epoch'] for r in runs])} "
-                f"| {_ms([r['epochs_trained'] for r in runs])} | {sum(r['hit_cap'] for r in runs)} "
-                f"| {_ms([r['best_val_acc'] for r in runs], 2)} | {_ms([r['test_acc'] for r in runs], 2)} |"
+                f"| {model} | {lp.lr_label(runs[0]['lr'])} | {len(runs)} | {mean_std_cell([r['best_epoch'] for r in runs])} "
+                f"| {mean_std_cell([r['epochs_trained'] for r in runs])} | {sum(r['hit_cap'] for r in runs)} "
+                f"| {mean_std_cell([r['best_val_acc'] for r in runs], 2)} | {mean_std_cell([r['test_acc'] for r in runs], 2)} |"
             )
     return lines
 
@@ -221,15 +242,19 @@ def figure(
     return out
 
 
+def relative(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (no machine paths in tables)."""
+    full = path.resolve()
+    return (full.relative_to(Path.cwd()) if full.is_relative_to(Path.cwd()) else path).as_posix()
+
+
 def tables_command(args: argparse.Namespace) -> str:
     """The command that rebuilds these tables (the output folder relative to the working directory)."""
-    out = args.out.resolve()
-    out = out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else args.out
     return (
         f"gaaf-reproduce --lr-study --datasets {' '.join(args.datasets)} --protocols {' '.join(args.protocols)} "
         f"--max-epochs {args.max_epochs} --patience {args.patience} --max-extensions {args.max_extensions} "
         + (f"--grid {' '.join(map(repr, args.grid))} " if args.grid else "")
-        + f"--out {out.as_posix()} --tables-only"
+        + f"--out {relative(args.out)} --tables-only"
     )
 
 
@@ -241,11 +266,7 @@ def write_tables(args: argparse.Namespace, records: Sequence[Mapping[str, Any]])
         if not recs:
             continue
         folder = args.out / dataset / protocol
-        sels = lp.selections(dataset, protocol, recs, args.max_extensions, args.grids)
-        finals = {m: _final_runs(recs, m, sels[m].best_lr if m in sels else None) for m in lp.MODELS}
-        if "base" in sels and sels["base"].final:
-            finals[lp.CONTROL] = _final_runs(recs, lp.CONTROL, sels["base"].best_lr)
-        finals = {m: [r for r in runs if m == lp.CONTROL or sels[m].final] for m, runs in finals.items()}
+        sels, finals = selected_runs(recs, dataset, protocol, args.max_extensions, args.grids)
         targets = lp.TARGETS[dataset]
         title = (
             f"{dataset}, {lp.PROTOCOLS[protocol][1]}: each model at its own selected learning rate\n"

@@ -22,7 +22,8 @@ redone; an unfinished run directory is cleared and run again. ``fashion_mnist`` 
 three configs with the Fashion-MNIST DataModule. ``--protocol slow`` uses
 ``configs/mnist_slow_{base,dropout,gaaf}.yaml`` (plain SGD, no momentum: a slow regime of ours; the paper names no optimizer).
 ``--tune N`` compares the models after equal-budget tuning instead (:mod:`.tuned`);
-``--lr-study`` gives each model its own learning rate chosen on validation (:mod:`.lr_study`).
+``--lr-study`` gives each model its own learning rate chosen on validation (:mod:`.lr_study`);
+``--size-study`` does the same on 1 000 and 5 000 training images (:mod:`.size_study`).
 The configs are the bundled ones unless ``--configs DIR`` names another folder.
 """
 
@@ -123,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         from lightning_gaaf.cli.reproduce import lr_study
 
         return lr_study.main([a for a in argv if a != "--lr-study"])
+    if "--size-study" in argv:  # the models on subsets of the training split: its own options (size_study)
+        from lightning_gaaf.cli.reproduce import size_study
+
+        return size_study.main([a for a in argv if a != "--size-study"])
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", choices=sorted(DATAMODULE), help="which study to reproduce")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per model (0..N-1); default 5")

@@ -1,0 +1,123 @@
+"""``gaaf-reproduce --size-study``: does GAAF regularise like dropout where the plain net overfits?
+
+The learning-rate study's models (base, dropout, GAAF; the paper's MNIST MLP) train on
+``--train-sizes`` images of the training split (default 1 000 and 5 000): the DataModule's
+``train_size``, the same seeded subset for every model and seed, the same validation images and
+test set as the learning-rate study. Per model and size the learning rate is chosen on validation
+from the protocol's log grid, extended at an edge (:mod:`.lr_plan`), then ``--seeds`` seeds train at
+that rate. One protocol (``--protocol``, default ``no_momentum``: plain SGD, the paper's protocol and
+the learning-rate study's first). The whole training split (50 000 images) is the learning-rate
+study's runs of the same protocol and data: ``--reuse-lr-study DIR`` reads them from its results
+folder instead of training them again.
+
+Every finished run writes ``<out>/<dataset>/<protocol>/n<size>/runs/<model>_lr<lr>_seed<s>.json``
+(the learning-rate study's record, plus the tested weights' accuracy on its training images) and
+its per-image test predictions; rerunning skips finished runs; ``--tables-only`` rebuilds the tables
+(:mod:`.size_tables`) from the records present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning_gaaf.cli.reproduce import lr_plan as lp
+from lightning_gaaf.cli.reproduce.lr_study import DATAMODULE, check_configs, load_records, run_study
+from lightning_gaaf.run.bundled import configs_dir
+
+PROG = "gaaf-reproduce --size-study"
+#: Images of the MNIST / Fashion-MNIST training split (before validation is held out).
+TRAIN_SPLIT = 60000
+DEFAULT_VAL_SIZE = 10000
+
+
+def plan(args: argparse.Namespace, records: Sequence[dict[str, Any]]) -> list[lp.Run]:
+    """Runs to start now: per dataset and size (smallest first) the learning-rate study's plan over
+    that size's records, without the control."""
+    todo = []
+    for dataset in args.datasets:
+        for size in sorted(args.train_sizes):
+            recs = [r for r in records if r.get("train_size") == size]
+            runs = lp.plan(
+                [(dataset, args.protocol)], recs, args.seeds, args.max_extensions,
+                control=False, grids=args.grids, models=args.models,
+            )  # fmt: skip
+            todo += [dataclasses.replace(r, train_size=size) for r in runs]
+    return todo
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--datasets", nargs="+", choices=sorted(DATAMODULE), default=["mnist", "fashion_mnist"]
+    )
+    parser.add_argument("--protocol", choices=list(lp.PROTOCOLS), default="no_momentum")
+    parser.add_argument(
+        "--train-sizes", nargs="+", type=int, default=[1000, 5000], help="training images; default 1000 5000"
+    )
+    parser.add_argument(
+        "--reuse-lr-study", default=None, metavar="DIR",
+        help="the learning-rate study's --out: its runs are the whole training split's",
+    )  # fmt: skip
+    parser.add_argument("--models", nargs="+", choices=lp.MODELS, default=list(lp.MODELS))
+    parser.add_argument(
+        "--grid", nargs="+", type=float, default=None, help="initial grid; default the protocol's"
+    )
+    parser.add_argument("--max-extensions", type=int, default=2, help="grid steps added per edge; default 2")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per model and size; default 5")
+    parser.add_argument("--max-epochs", type=int, default=500, help="epoch cap per run; default 500")
+    parser.add_argument("--patience", type=int, default=10, help="early stopping on val/loss; default 10")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once; default 2")
+    parser.add_argument("--out", default="reproduce/size_study", help="result JSONs and tables")
+    parser.add_argument("--work-dir", default="runs/size_study", help="run directories (checkpoints, logs)")
+    parser.add_argument("--data-dir", default=None, help="dataset root; default $GAAF_DATA_DIR")
+    parser.add_argument("--configs", default=None, help="folder with the mnist*_*.yaml configs")
+    parser.add_argument("--val-size", type=int, default=None, help="validation images; default the config's")
+    parser.add_argument("--tables-only", action="store_true", help="rebuild tables from the JSONs")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 2 epochs of a few batches")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.max_epochs, args.patience = min(args.max_epochs, 2), min(args.patience, 1)
+        args.val_size = 500 if args.val_size is None else args.val_size
+    if min(args.seeds, args.max_epochs, args.patience, args.jobs) < 1 or args.max_extensions < 0:
+        parser.error("--seeds, --max-epochs, --patience and --jobs must be >= 1, --max-extensions >= 0")
+    if args.grid is not None and min(args.grid) <= 0:
+        parser.error("--grid: learning rates must be > 0")
+    args.full_size = TRAIN_SPLIT - (DEFAULT_VAL_SIZE if args.val_size is None else args.val_size)
+    bad = [n for n in args.train_sizes if not 1 <= n <= args.full_size]
+    if bad:
+        parser.error(f"--train-sizes: {bad} not in 1..{args.full_size} (the training split after validation)")
+    if args.reuse_lr_study and args.full_size in args.train_sizes:
+        parser.error(
+            f"--train-sizes {args.full_size} is the whole training split: --reuse-lr-study already has its runs"
+        )
+    if args.reuse_lr_study and not Path(args.reuse_lr_study).is_dir():
+        parser.error(f"--reuse-lr-study: {args.reuse_lr_study} is not a folder")
+    args.train_sizes = sorted(set(args.train_sizes))
+    args.grids = {p: tuple(args.grid) for p in lp.PROTOCOLS} if args.grid else dict(lp.GRIDS)
+    args.data_dir = args.data_dir or os.environ.get("GAAF_DATA_DIR")
+    args.configs = Path(args.configs) if args.configs else configs_dir()
+    args.out, args.work_dir = Path(args.out), Path(args.work_dir)
+    args.reuse_lr_study = Path(args.reuse_lr_study) if args.reuse_lr_study else None
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from lightning_gaaf.cli.reproduce.size_tables import write_tables
+
+    args = parse_args(argv)
+    check_configs(PROG, args.configs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.tables_only:
+        written = write_tables(args, load_records(args.out))
+        print(f"{PROG}: wrote {', '.join(str(p) for p in written) or 'nothing (no finished runs)'}")
+        return
+    run_study(PROG, args, lambda records: plan(args, records), write_tables)
+
+
+if __name__ == "__main__":
+    main()

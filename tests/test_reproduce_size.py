@@ -116,7 +116,8 @@ def test_study_writes_a_record_with_the_training_set_accuracy_from_a_real_fit(tm
 def test_tables_compare_gaps_per_size_and_show_the_reused_full_split(tmp_path):
     lr_out = tmp_path / "lr_study"
     full = [rec(m, 0.2, s, None, test_acc=98.0, train_acc=99.5) for m in lp.MODELS for s in range(2)]
-    full += [rec(m, lr, 0, None, acc=96.0) for m in lp.MODELS for lr in (0.1, 0.4)]
+    full += [rec(m, lr, 0, None, acc=96.0) for m in lp.MODELS for lr in (0.025, 0.1, 0.4, 0.8)]
+    full += [rec(m, 0.05, 0, None, acc=98.5) for m in lp.MODELS]  # best on the study's grid, not on GRID
     for r in full:
         path = lr_study_module.record_path(
             lr_out, lp.Run("mnist", "no_momentum", r["model"], r["lr"], r["seed"])
@@ -133,13 +134,14 @@ def test_tables_compare_gaps_per_size_and_show_the_reused_full_split(tmp_path):
                    "--reuse-lr-study", str(lr_out))  # fmt: skip
     (path,) = write_tables(args, small)
     text = path.read_text()
-    assert "13 finished runs of this study, 12 of the learning-rate study" in text
+    assert "13 finished runs of this study, 21 of the learning-rate study" in text
     assert "### 50000 training images (the learning-rate study's runs)" in text
     row = next(x for x in text.splitlines() if x.startswith("| 1000 | base | 0.2 | 3 |"))
     assert "| 11.00 (1.00) |" in row  # the gap, mean (sample std)
     dropout = next(x for x in text.splitlines() if x.startswith("| 1000 | dropout | 0.2 | 1 |"))
     assert "| 3.00 |" in dropout and "(0.00)" not in dropout  # one seed: no spread
-    assert next(x for x in text.splitlines() if x.startswith("| 50000 (lr study) | gaaf | 0.2 | 2 |"))
+    # the learning-rate study's runs are selected on its own grid (0.025 ... 0.8), not on --grid
+    assert "| 50000 (lr study) | gaaf | 0.05 | 1 |" in text
     section = text.split("### 1000 training images")[-1]
     gap = next(x for x in section.splitlines() if x.startswith("| gaaf - base | gap, tested weights |"))
     cells = [c.strip() for c in gap.strip("|").split("|")]

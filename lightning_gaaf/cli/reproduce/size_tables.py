@@ -120,9 +120,9 @@ def write_tables(args: argparse.Namespace, records: Sequence[Mapping[str, Any]])
         for size, recs, root, is_reused in sources:
             if not recs:
                 continue
-            sels, finals = selected_runs(
-                recs, dataset, protocol, args.max_extensions, args.grids, control=False
-            )
+            # the learning-rate study's runs were planned on its own (default) grid, not on --grid
+            grids = lp.GRIDS if is_reused else args.grids
+            sels, finals = selected_runs(recs, dataset, protocol, args.max_extensions, grids, control=False)
             folder = study_dir(root, dataset, protocol, None if is_reused else size)
             by_size[size] = (finals, folder, is_reused)
             source = " (the learning-rate study's runs)" if is_reused else ""

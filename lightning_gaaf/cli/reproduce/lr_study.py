@@ -9,11 +9,13 @@ Every run stops early on ``val/loss`` (``--patience``) or at ``--max-epochs``; i
 checkpoint is tested once, and the test set plays no part in any choice.
 
 Every finished run writes one small JSON, ``<out>/<dataset>/<protocol>/runs/<model>_lr<lr>_seed<s>.json``
-(per-epoch validation accuracy/loss, wall time and optimizer steps, best epoch, test accuracy) and
+(per-epoch validation accuracy/loss, wall time and optimizer steps, best epoch, test accuracy, the
+tested weights' accuracy on the training images) and
 its per-image test predictions ``predictions/<same name>.npz``; run directories with checkpoints go
 to ``--work-dir``. Rerunning the command skips finished runs and restarts unfinished ones; the
 tables and figures (:mod:`.lr_tables`) are rebuilt after every run, and on demand from
-whatever JSONs exist with ``--tables-only``.
+whatever JSONs exist with ``--tables-only``. The runner (:func:`run_study`) and the records serve
+the training-set size study too (:mod:`.size_study`).
 """
 
 from __future__ import annotations

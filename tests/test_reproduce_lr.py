@@ -30,8 +30,8 @@ def rec(model: str, lr: float, seed: int, acc: float, loss: float) -> dict:
     }  # fmt: skip
 
 
-def planned(records, seeds=3, max_extensions=2, models=("gaaf",)):
-    runs = lp.plan(STUDY, records, seeds, max_extensions, grids=GRID, models=models)
+def planned(records, seeds=3, max_extensions=2, models=("gaaf",), control=False, grids=GRID):
+    runs = lp.plan(STUDY, records, seeds, max_extensions, control=control, grids=grids, models=models)
     return [(r.model, r.lr, r.seed) for r in runs]
 
 
@@ -73,15 +73,21 @@ def test_diverged_runs_score_lowest_and_ties_go_to_the_lower_loss():
     )
 
 
-def test_control_follows_base_selection_at_base_rate():
-    records = [rec("base", lr, 0, acc, 0.1) for lr, acc in ((0.1, 97.0), (0.2, 98.0), (0.4, 97.5))]
-    assert planned(records, seeds=2, models=("base",)) == [
+def test_control_follows_gaaf_selection_at_gaaf_rate():
+    """The control (base with GAAF's per-layer factors) trains at GAAF's selected rate, not base's."""
+    grids = {"no_momentum": (0.025, 0.05, 0.1, 0.2, 0.4)}
+    records = [rec("base", lr, 0, 98.0 if lr == 0.2 else 97.0, 0.1) for lr in grids["no_momentum"]]
+    records += [rec("gaaf", lr, 0, 98.2 if lr == 0.05 else 97.0, 0.1) for lr in grids["no_momentum"]]
+    both = {"models": ("base", "gaaf"), "control": True, "grids": grids}
+    assert planned(records, seeds=2, **both) == [
         ("base", 0.2, 1),
-        (lp.CONTROL, 0.2, 0),
-        (lp.CONTROL, 0.2, 1),
+        ("gaaf", 0.05, 1),
+        (lp.CONTROL, 0.05, 0),
+        (lp.CONTROL, 0.05, 1),
     ]
-    records += [rec("base", 0.2, 1, 98.0, 0.1), rec(lp.CONTROL, 0.2, 0, 98.1, 0.1)]
-    assert planned(records, seeds=2, models=("base",)) == [(lp.CONTROL, 0.2, 1)]
+    records += [rec("gaaf", 0.05, 1, 98.0, 0.1), rec(lp.CONTROL, 0.05, 0, 98.1, 0.1)]
+    records += [rec(lp.CONTROL, 0.2, 1, 98.1, 0.1)]  # at base's rate: not the control's run
+    assert planned(records, seeds=2, **both) == [("base", 0.2, 1), (lp.CONTROL, 0.05, 1)]
 
 
 def test_targets_give_the_first_epoch_its_step_and_the_summed_wall_and_cpu_time():

@@ -8,7 +8,8 @@ the rate whose run scores best on validation is selected (:func:`score`); when t
 edge of the grid, the grid grows by one step (factor :data:`GRID_FACTOR`) on that side, at most
 ``max_extensions`` times per side. Once the selection is final, seeds 1..N-1 run at the selected
 rate, and the control (base with GAAF's per-layer gradient ratios as learning-rate factors) runs
-seeds 0..N-1 at base's selected rate. The test set is never read here.
+seeds 0..N-1 at GAAF's selected rate: if GAAF's advantage is only a bigger effective step, base with
+those per-layer steps trains like GAAF at the same nominal rate. The test set is never read here.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def plan(
     """Runs that can start now and have not finished, in priority order (``studies`` order first).
 
     Grid runs come first within a study, then the seeds of models whose selection is final, then the
-    control once base's selection is final.
+    control once GAAF's selection is final.
     """
     done = index(records)
     todo: list[Run] = []
@@ -175,7 +176,7 @@ def plan(
                 for s in range(1, seeds)
                 if not _has(done.get((dataset, protocol, model, s), {}), sel.best_lr)
             ]
-            if control and model == "base":
+            if control and model == "gaaf":
                 seed_runs += [
                     Run(dataset, protocol, CONTROL, sel.best_lr, s)
                     for s in range(seeds)

@@ -4,7 +4,7 @@ Each model (base, dropout, GAAF; the paper's MNIST MLP) gets its OWN learning ra
 validation from a log grid (:mod:`.lr_plan`), in both protocols (SGD without momentum:
 ``configs/mnist_slow_*``; with momentum 0.9: ``configs/mnist_*``), on MNIST and Fashion-MNIST; then
 ``--seeds`` seeds train at that rate. A control trains base with GAAF's per-layer gradient ratios
-as per-layer learning-rate factors (``ImageClassifier(layer_lr_scale=...)``) at base's rate.
+as per-layer learning-rate factors (``ImageClassifier(layer_lr_scale=...)``) at GAAF's rate.
 Every run stops early on ``val/loss`` (``--patience``) or at ``--max-epochs``; its best-val/loss
 checkpoint is tested once, and the test set plays no part in any choice.
 

@@ -66,11 +66,11 @@ def selected_runs(
     control: bool = True,
 ) -> tuple[dict[str, lp.Selection], dict[str, list[Mapping]]]:
     """Each model's selection and its runs at the selected rate (once the selection is final; the
-    control's at base's rate), by seed."""
+    control's at GAAF's rate), by seed."""
     sels = lp.selections(dataset, protocol, records, max_extensions, grids)
     finals = {m: _final_runs(records, m, sels[m].best_lr if m in sels else None) for m in lp.MODELS}
-    if control and "base" in sels and sels["base"].final:
-        finals[lp.CONTROL] = _final_runs(records, lp.CONTROL, sels["base"].best_lr)
+    if control and "gaaf" in sels and sels["gaaf"].final:
+        finals[lp.CONTROL] = _final_runs(records, lp.CONTROL, sels["gaaf"].best_lr)
     finals = {m: [r for r in runs if m == lp.CONTROL or sels[m].final] for m, runs in finals.items()}
     return sels, finals
 
@@ -306,7 +306,7 @@ def write_tables(args: argparse.Namespace, records: Sequence[Mapping[str, Any]])
             "",
             cm.ACCURACY_NOTE.format(m=len(rows)),
             "",
-            f"Control `{lp.CONTROL}`: base at base's rate with per-layer factors {lp.GAAF_GRAD_RATIO} "
+            f"Control `{lp.CONTROL}`: base at GAAF's rate with per-layer factors {lp.GAAF_GRAD_RATIO} "
             "(GAAF/base gradient information, docs/results/mnist_slow/table2.md).",
             "",
         ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -195,7 +195,7 @@ def logged_threads(metrics: Path) -> list[tuple[int, int]]:
 
 
 @pytest.fixture
-def two_threads() -> Callable[[], None]:
+def two_threads() -> Iterator[None]:
     """torch runs 2 threads during the test; the count before comes back afterwards."""
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -247,7 +247,7 @@ def test_a_raw_loop_steps_and_closes(two_threads: None) -> None:
 
 
 @pytest.fixture
-def no_applied_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+def no_applied_policy(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The test's policies are applied to a restored environment and forgotten afterwards."""
     monkeypatch.setattr(thread_module, "_APPLIED", None)
     for name in ("GAAF_THREADS", "OMP_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 
 import _thread_policy  # first: torch's OpenMP runtime reads the thread policy at load
 import pytorch_lightning as pl
@@ -59,7 +60,13 @@ def make_backbone(use_gaaf: bool) -> torch.nn.Module:
     return backbone
 
 
-def raw_epoch(backbone: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
+def raw_epoch(
+    backbone: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    on_step: Callable[[], bool | None] | None = None,
+) -> None:
+    """One epoch of a fresh copy of ``backbone``; ``on_step`` after each step (True: stop the epoch there)."""
     model = copy.deepcopy(backbone)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     model.train()
@@ -71,6 +78,8 @@ def raw_epoch(backbone: torch.nn.Module, images: torch.Tensor, labels: torch.Ten
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if on_step is not None and on_step():
+            return
 
 
 def make_classifier(backbone: torch.nn.Module) -> ImageClassifier:

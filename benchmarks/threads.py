@@ -17,7 +17,11 @@ policy: the quiet and loaded medians with their ranges, loaded/quiet (median ove
 round's ratio) and quiet/quiet of the default policy (medians).
 
     python benchmarks/threads.py [--data-dir DIR] [--rounds 3] [--busy N] [--model gaaf|tanh]
-        [--policies default,passive,...] [--nice -20]
+        [--policies default,passive,...] [--nice -20] [--settle SECONDS]
+
+``--settle S`` trains S seconds untimed before each timed epoch, the busy processes already running
+before a loaded one: the load is there when the epoch starts, as when a run starts on a busy machine
+(default 0: the load arrives as the loaded epoch starts).
 
 On a machine shared with other work, ``--nice -20`` (root) lets the measured processes (workers and
 busy processes alike) outrank everything else, which comes close to an idle machine.
@@ -25,8 +29,11 @@ busy processes alike) outrank everything else, which comes close to an idle mach
 Data: ``--data-dir`` or ``$GAAF_DATA_DIR`` (torchvision layout); without either, a synthetic MNIST
 of full size. ``policy`` is what :func:`lightning_gaaf.run.threads.choose_thread_policy` picks
 when the worker starts (``GAAF_THREADS`` is read from this environment; the parent removes its own
-OpenMP variables from the workers' environment); the other rows run with ``GAAF_THREADS=off`` and
-their own variables only.
+OpenMP variables from the workers' environment), its count then kept; ``follow`` is the same
+start, then :class:`lightning_gaaf.run.adaptive_threads.AdaptiveThreads` stepped after every batch
+(as the programs' callback does), and ``follow idle`` the same started with all usable cores, as on
+an idle machine. A following worker's lines show its count at the epoch's end and the changes in
+it. The other rows run with ``GAAF_THREADS=off`` and their own variables only.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import argparse
 import contextlib
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -62,22 +70,43 @@ POLICIES: dict[str, dict[str, str]] = {
     "spin 30000": {"GOMP_SPINCOUNT": "30000"},
     "spin 100000": {"GOMP_SPINCOUNT": "100000"},
     "policy": {},  # lightning_gaaf.run.threads.choose_thread_policy(), as the programs apply it
+    # ... and then follows the load, as in the programs: AdaptiveThreads.step() after every batch
+    "follow": {},
+    # the same, started as on an idle machine: all usable cores (the load at start not counted)
+    "follow idle": {},
+    # ... and with libgomp's default spin count (300 000) instead of the policy's 30 000
+    "follow 300k": {"GOMP_SPINCOUNT": "300000"},
 }
+# Candidates whose thread count follows the load while they train (lightning_gaaf.run.adaptive_threads).
+FOLLOWING = ("follow", "follow idle", "follow 300k")
 
 # A CPU-bound loop that ends by itself once its parent is gone (checked every ~50 ms).
 BUSY_LOOP = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    for _ in range(1_000_000):\n        pass\n"
 
 
 def worker(args: argparse.Namespace) -> None:
-    """Time one raw epoch per line read on stdin; print its seconds. Ends at end of input."""
+    """Answer each line read on stdin: ``epoch`` times one raw epoch and prints its seconds;
+    ``train S`` trains for S seconds, untimed, and prints ``ok``. Ends at end of input."""
     import _thread_policy  # first: parity imports torch, whose OpenMP runtime reads the policy at load
     import torch
     from parity import make_backbone, raw_epoch
 
     from lightning_gaaf.activations.backends.native import loaded_openmp_runtimes
     from lightning_gaaf.datamodules import MNISTDataModule
+    from lightning_gaaf.run.adaptive_threads import AdaptiveThreads
+    from lightning_gaaf.run.threads import usable_cores
 
     header = _thread_policy.POLICY.describe()
+    if not args.follow:
+        header = re.sub(
+            r" at start, follows the load \(1-\d+; ", " (kept: the start-time policy alone; ", header
+        )
+    adaptive = None
+    if args.follow:
+        if args.follow == "idle":
+            torch.set_num_threads(usable_cores())
+            header = f"started with {usable_cores()} (as on an idle machine); {header}"
+        adaptive = AdaptiveThreads(top=usable_cores())
     root = args.data_dir
     if root is None:
         import tempfile
@@ -89,16 +118,35 @@ def worker(args: argparse.Namespace) -> None:
     dm.setup("fit")
     images, labels = dm.train_dataset.images, dm.train_dataset.labels
     backbone = make_backbone(args.model == "gaaf")
-    raw_epoch(backbone, images, labels)  # warm-up: allocator, native kernels
+
+    def step() -> bool:
+        if adaptive is not None:
+            adaptive.step()
+        return deadline is not None and time.perf_counter() >= deadline
+
+    deadline: float | None = None
+    raw_epoch(backbone, images, labels, step)  # warm-up: allocator, native kernels
     runtimes = ",".join(os.path.basename(p) for p in loaded_openmp_runtimes()) or "none"
     print(
         f"ready {header} | runtime {runtimes} | torch.get_num_threads() {torch.get_num_threads()}", flush=True
     )
     try:
-        for _ in sys.stdin:
+        for line in sys.stdin:
+            if adaptive is not None:
+                adaptive.pause()  # the wait for this request was no training step
+            changes = adaptive.changes if adaptive is not None else 0
             start = time.perf_counter()
-            raw_epoch(backbone, images, labels)
-            print(f"{time.perf_counter() - start:.4f}", flush=True)
+            if line.startswith("train "):
+                deadline = start + float(line.split()[1])
+                while time.perf_counter() < deadline:
+                    raw_epoch(backbone, images, labels, step)
+                deadline = None
+                print("ok", flush=True)
+                continue
+            raw_epoch(backbone, images, labels, step)
+            seconds = time.perf_counter() - start
+            end = f" {torch.get_num_threads()} {adaptive.changes - changes}" if adaptive is not None else ""
+            print(f"{seconds:.4f}{end}", flush=True)
     except BrokenPipeError:  # the parent is gone: nothing left to answer
         pass
 
@@ -108,9 +156,13 @@ class Worker:
 
     def __init__(self, name: str, args: argparse.Namespace) -> None:
         env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
-        if name != "policy":  # GAAF_THREADS=off: the thread policy sets nothing, torch's defaults rule
+        # GAAF_THREADS=off: the thread policy sets nothing, torch's defaults rule
+        if name not in ("policy", *FOLLOWING):
             env.update(POLICIES[name], GAAF_THREADS="off")
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--model", args.model]
+        if name in FOLLOWING:
+            env.update(POLICIES[name])
+            cmd += ["--follow", "policy" if name == "follow" else "idle"]
         if args.data_dir:
             cmd += ["--data-dir", args.data_dir]
         self.name = name
@@ -128,12 +180,23 @@ class Worker:
         self.header = line[len("ready ") :].strip()
 
     def epoch(self) -> float:
-        self.proc.stdin.write("epoch\n")
+        """Seconds of one epoch; a following worker's last count and changes are kept in ``self.after``."""
+        answer = self._ask("epoch").split()
+        self.after = f" [{answer[1]} thr, {answer[2]} chg]" if len(answer) == 3 else ""
+        return float(answer[0])
+
+    def train(self, seconds: float) -> None:
+        """Train ``seconds`` untimed (the load settles in before the timed epoch)."""
+        if seconds > 0:
+            self._ask(f"train {seconds}")
+
+    def _ask(self, request: str) -> str:
+        self.proc.stdin.write(request + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"worker {self.name!r} ended (exit code {self.proc.wait()})")
-        return float(line)
+        return line
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -215,19 +278,29 @@ def measure(args: argparse.Namespace, names: list[str]) -> None:
             f"cpu: {cpu_model()}, {len(os.sched_getaffinity(0))} CPUs usable, python {platform.python_version()}"
         )
         print(f"model: MLP 784-512-256-256-10 {args.model}, raw loop, 60000 images, batch 128")
-        print(f"loaded = {args.busy} busy processes; nice {args.nice}; load average before: {loadavg()}")
+        settle = (
+            f"{args.settle:g} s before the epoch (untimed training)" if args.settle else "as the epoch starts"
+        )
+        print(
+            f"loaded = {args.busy} busy processes, started {settle}; nice {args.nice}; "
+            f"load average before: {loadavg()}"
+        )
         for w in workers:
             print(f"  {w.name:12s} {w.header}")
         for r in range(args.rounds):
             order = workers[r % len(workers) :] + workers[: r % len(workers)]
             for w in order:
+                w.train(args.settle)
                 q = w.epoch()
+                q_after = w.after
                 with BusyProcesses(args.busy, args.nice):
+                    w.train(args.settle)
                     lo = w.epoch()
                 quiet[w.name].append(q)
                 loaded[w.name].append(lo)
                 print(
-                    f"round {r + 1} {w.name:12s} quiet {q:6.2f} s  loaded {lo:6.2f} s  (load {loadavg()})",
+                    f"round {r + 1} {w.name:12s} quiet {q:6.2f} s{q_after}  loaded {lo:6.2f} s{w.after}"
+                    f"  (load {loadavg()})",
                     flush=True,
                 )
     except (KeyboardInterrupt, SystemExit):
@@ -276,7 +349,15 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="priority of every measured process; below 0 (root only) it outranks the machine's other work",
     )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="seconds of untimed training before each timed epoch, the busy processes already running "
+        "before a loaded one (default 0: the load arrives as the loaded epoch starts)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--follow", choices=("policy", "idle"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args)

@@ -53,7 +53,8 @@ def test_auto_takes_the_usable_cores_and_a_short_spin() -> None:
     assert dict(policy.environ) == {"GOMP_SPINCOUNT": str(DEFAULT_SPIN_COUNT)}
     assert (
         policy.describe()
-        == f"threads: 3 (OpenMP spin {DEFAULT_SPIN_COUNT}, GAAF_THREADS=auto, load 0.0 on 3 cores)"
+        == f"threads: 3 at start, follows the load (1-3; OpenMP spin {DEFAULT_SPIN_COUNT}, GAAF_THREADS=auto, "
+        "load 0.0 on 3 cores)"
     )
 
 
@@ -97,7 +98,9 @@ def test_a_user_wait_setting_wins_over_the_spin_count(name: str, value: str) -> 
     assert policy.spin_count is None
     assert "GOMP_SPINCOUNT" not in policy.environ
     assert policy.user == (name,)
-    assert policy.describe() == f"threads: 2 ({name} set, GAAF_THREADS=auto, load 0.0 on 2 cores)"
+    assert policy.describe() == (
+        f"threads: 2 at start, follows the load (1-2; {name} set, GAAF_THREADS=auto, load 0.0 on 2 cores)"
+    )
 
 
 def test_no_spin_count_for_other_runtimes() -> None:
@@ -105,7 +108,8 @@ def test_no_spin_count_for_other_runtimes() -> None:
     assert policy.spin_count is None and dict(policy.environ) == {}
     assert (
         policy.describe()
-        == "threads: 2 (OpenMP wait: libiomp5.so default, GAAF_THREADS=auto, load 0.0 on 2 cores)"
+        == "threads: 2 at start, follows the load (1-2; OpenMP wait: libiomp5.so default, GAAF_THREADS=auto, "
+        "load 0.0 on 2 cores)"
     )
 
 
@@ -190,7 +194,8 @@ def test_the_policy_reaches_torch_in_a_new_process(setting: str) -> None:
     if setting == "auto":  # the machine's load at that moment decides within the usable cores
         assert 1 <= int(chosen) <= usable_cores()
         assert describe.startswith(
-            f"threads: {chosen} (OpenMP spin {DEFAULT_SPIN_COUNT}, GAAF_THREADS=auto, load "
+            f"threads: {chosen} at start, follows the load (1-{usable_cores()}; OpenMP spin "
+            f"{DEFAULT_SPIN_COUNT}, GAAF_THREADS=auto, load "
         )
     else:
         assert int(chosen) == int(setting)

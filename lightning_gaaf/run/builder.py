@@ -37,6 +37,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lightning_gaaf.callback import GAAFCallback
 from lightning_gaaf.callbacks import MetricsMonitor, Monitor
+from lightning_gaaf.run.adaptive_threads_callback import adaptive_threads_callbacks
 from lightning_gaaf.run.bundled import configs_dir
 from lightning_gaaf.run.checkpoints import BestCheckpoint, LastCheckpoint
 from lightning_gaaf.run.composition import UsageError, condense, config_name, expand_config_args
@@ -232,6 +233,8 @@ class GaafCLI(LightningCLI):
                 callbacks.append(BestCheckpoint(checkpoints))
             # last.ckpt every epoch and at a graceful stop, with the random generators' state.
             callbacks += [LastCheckpoint(checkpoints), RandomState()]
+        # GAAF_THREADS=auto: the thread count follows the load while the run trains.
+        callbacks += adaptive_threads_callbacks(callbacks)
         try:
             trainer = super().instantiate_trainer(callbacks=callbacks, **kwargs)
         except (MisconfigurationException, ValueError, TypeError, ImportError) as exc:

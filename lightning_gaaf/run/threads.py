@@ -8,6 +8,9 @@ took 9x longer with two busy processes on two cores (docs/results/threads.md). S
 average), and (2) spins 30 000 times: as fast as the default on an idle machine, half the
 default's epoch time when busy processes arrive later. Shorter spins, down to none (passive),
 cost 1.6-1.9x on an idle machine, because waking a sleeping thread is slow (on a VM above all).
+(3) Under ``auto`` the count then follows the load while the run trains, between 1 and the usable
+cores (:mod:`lightning_gaaf.run.adaptive_threads`; the programs add its callback): load that
+arrives after the start costs about 2x the idle epoch instead of 4.4x.
 
 The runtime reads its environment once, when torch is imported, so a program calls
 ``apply_thread_policy(choose_thread_policy())`` first thing in ``main()``, before importing torch.
@@ -21,7 +24,10 @@ Overrides, all from the environment; a user's explicit setting always wins:
   ``OMP_NUM_THREADS`` when set, else takes the physical cores this process may use (its CPU
   affinity and cgroup CPU quota) minus those the load average fills. When that is torch's own
   default (all the machine's cores), ``OMP_NUM_THREADS`` stays unset, so that Lightning's DDP and
-  torchrun still share the cores among their processes; otherwise it is exported.
+  torchrun still share the cores among their processes; otherwise it is exported. Only ``auto``
+  without the user's ``OMP_NUM_THREADS`` changes the count during a run
+  (:attr:`ThreadPolicy.follows_load`); ``N`` and ``off`` keep it fixed, and with it a seeded run's
+  bit-for-bit repeatability.
 * ``GOMP_SPINCOUNT`` / ``OMP_WAIT_POLICY``: when either is set, the spin count is left to them.
 """
 
@@ -39,6 +45,7 @@ __all__ = [
     "DEFAULT_SPIN_COUNT",
     "ENV_VAR",
     "ThreadPolicy",
+    "applied_thread_policy",
     "apply_thread_policy",
     "choose_thread_policy",
     "openmp_runtime",
@@ -73,8 +80,15 @@ class ThreadPolicy:
     load: float | None = None
     cores: int | None = None
 
+    @property
+    def follows_load(self) -> bool:
+        """Whether a run changes the count while it trains (``auto`` without the user's
+        ``OMP_NUM_THREADS``; :mod:`lightning_gaaf.run.adaptive_threads`)."""
+        return self.setting == "auto" and self.threads is not None and "OMP_NUM_THREADS" not in self.user
+
     def describe(self) -> str:
-        """One line for a run's header, e.g. ``threads: 2 (OpenMP spin 30000, GAAF_THREADS=auto, load 0.2 on 2 cores)``."""
+        """One line for a run's header, e.g. ``threads: 2 at start, follows the load (1-2; OpenMP spin
+        30000, GAAF_THREADS=auto, load 0.2 on 2 cores)``."""
         if self.threads is None:
             return f"threads: torch's defaults ({ENV_VAR}=off)"
         if self.spin_count is not None:
@@ -89,6 +103,9 @@ class ThreadPolicy:
             parts.append("OMP_NUM_THREADS set")
         if self.torch_loaded:
             parts.append("torch already imported: only the thread count applies")
+        if self.follows_load:
+            top = max(self.threads, self.cores or self.threads)
+            return f"threads: {self.threads} at start, follows the load (1-{top}; {', '.join(parts)})"
         return f"threads: {self.threads} ({', '.join(parts)})"
 
 
@@ -254,13 +271,31 @@ def _omp_num_threads(value: str) -> int | None:
     return count if count > 0 else None
 
 
+_APPLIED: ThreadPolicy | None = None  # the policy this process applied to os.environ
+
+
 def apply_thread_policy(policy: ThreadPolicy, environ: MutableMapping[str, str] = os.environ) -> None:
     """Put ``policy`` into effect: its variables into ``environ`` (also for child processes), and
     the thread count into torch when torch is already imported (the spin count then stays)."""
+    global _APPLIED
     environ.update(policy.environ)
+    if environ is os.environ:
+        _APPLIED = policy
     torch = sys.modules.get("torch")
     if torch is not None and policy.threads is not None and torch.get_num_threads() != policy.threads:
         torch.set_num_threads(policy.threads)
+
+
+def applied_thread_policy() -> ThreadPolicy | None:
+    """The policy this process applied (:func:`apply_thread_policy` on ``os.environ``), while the
+    environment still asks for it (its ``GAAF_THREADS`` setting); None otherwise.
+
+    Child processes do not inherit it: a program that divides the cores among worker processes gives
+    each a fixed count.
+    """
+    if _APPLIED is None or (os.environ.get(ENV_VAR, "").strip() or "auto") != _APPLIED.setting:
+        return None
+    return _APPLIED
 
 
 def oversubscription(processes: int, threads: int, cores: int) -> str | None:

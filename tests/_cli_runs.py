@@ -12,8 +12,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import pytest
 from _cli_helpers import CONFIGS, fit_env, run_fit, tiny, wandb_records
+
+#: The session's one DDP run: the resume tests' experiment (3 epochs of 6 steps) on 2 gloo processes.
+DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+DDP_ARGS = ["--config", str(CONFIGS / "mnist_gaaf.yaml"), *tiny(3, 6), *DDP]
 
 
 @dataclass
@@ -35,13 +38,10 @@ class DDPRun:
         return wandb_records(self.run_dir)
 
 
-@pytest.fixture(scope="session", name="ddp_run")
-def ddp_run_fixture(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> DDPRun:
+def start_ddp_run(cwd: Path, data: Path) -> DDPRun:
     """``gaaf-fit --config mnist_gaaf`` on 2 CPU processes (gloo), GAAF on the native kernels, whose
-    cache starts empty so that both ranks build it at once; a few steps of the synthetic MNIST."""
-    cwd = tmp_path_factory.mktemp("ddp_run")
+    cache starts empty so that both ranks build it at once; 3 epochs of 6 steps of the synthetic MNIST,
+    the experiment of the resume tests, whose DDP test takes this run as its uninterrupted reference."""
     cache = cwd / "kernel-cache"
-    args = ["--config", str(CONFIGS / "mnist_gaaf.yaml"), *tiny(train_batches=2)]
-    args += ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
-    env = fit_env(mnist_dir, GAAF_BACKEND="native", GAAF_CACHE_DIR=str(cache))
-    return DDPRun(cwd, cache, run_fit(*args, cwd=cwd, env=env))
+    env = fit_env(data, GAAF_BACKEND="native", GAAF_CACHE_DIR=str(cache))
+    return DDPRun(cwd, cache, run_fit(*DDP_ARGS, cwd=cwd, env=env))

@@ -15,6 +15,22 @@ os.environ.setdefault("GAAF_BACKEND", "eager")
 # resume tests compare weights bit for bit, which holds for the same thread count only. The policy
 # itself is tested in test_threads.py and test_run_outcome.py.
 os.environ.setdefault("GAAF_THREADS", "off")
+# Under pytest-xdist every worker (and every program it starts) uses one intra-op thread: two
+# workers with two spinning OpenMP threads each on two cores would slow each other several times.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+#: At most this many pytest-xdist workers for ``-n auto`` (pyproject's addopts): each holds torch,
+#: Lightning and the session runs in memory, and the suite's multi-process tests need cores too.
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker per usable core, at most ``MAX_WORKERS``; none on a single core."""
+    from lightning_gaaf.run.threads import usable_cores
+
+    workers = min(usable_cores(), MAX_WORKERS)
+    return workers if workers > 1 else 0
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +59,15 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path):
     from _fit_helpers import reference_run
 
     return reference_run(tmp_path_factory.mktemp("reference_run"), mnist_dir, CONFIGS, tiny(3, 6))
+
+
+@pytest.fixture(scope="session")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path):
+    """The session's one 2-process CPU DDP run of gaaf-fit (``_cli_runs.py``); the tests that read it
+    carry ``xdist_group("ddp")`` so that one pytest-xdist worker starts it once."""
+    from _cli_runs import start_ddp_run
+
+    return start_ddp_run(tmp_path_factory.mktemp("ddp_run"), mnist_dir)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:

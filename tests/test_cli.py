@@ -27,7 +27,7 @@ from _cli_helpers import (
     tiny,
     wandb_records,
 )
-from _cli_runs import DDPRun, ddp_run_fixture  # noqa: F401  (registers the session fixture ddp_run)
+from _cli_runs import DDPRun
 from _fit_helpers import ReferenceRun, fit_in_process
 
 from lightning_gaaf.cli.fit import main
@@ -119,6 +119,7 @@ def test_fit_with_a_per_layer_policy_from_yaml(tmp_path: Path, mnist_dir: Path) 
     ]
 
 
+@pytest.mark.xdist_group("ddp")
 def test_ddp_two_cpu_processes_share_one_run(ddp_run: DDPRun) -> None:
     result, cwd = ddp_run.result, ddp_run.cwd
     assert result.returncode == 0, result.stderr[-3000:]
@@ -134,6 +135,7 @@ def test_ddp_two_cpu_processes_share_one_run(ddp_run: DDPRun) -> None:
     assert len(logged["test/acc"]) == 1 and 0.0 <= logged["test/acc"][0] <= 1.0
 
 
+@pytest.mark.xdist_group("ddp")
 def test_ddp_ranks_build_and_share_the_native_kernels(ddp_run: DDPRun) -> None:
     """GAAF with its native kernels under 2-process DDP: both ranks build into one fresh cache at once."""
     result, cache = ddp_run.result, ddp_run.cache

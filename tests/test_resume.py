@@ -26,6 +26,7 @@ import pytest
 import torch
 import yaml
 from _cli_helpers import CONFIGS, fit_command, fit_env, run_fit, tiny
+from _cli_runs import DDP, DDP_ARGS, DDPRun
 from _fit_helpers import FitResult, fit_in_process
 from _logged_fit import leet_inspect
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -41,7 +42,6 @@ EPOCHS = 3
 #: 3 epochs of 6 steps; the monitors log every 2 steps.
 ARGS = ["--config", str(CONFIGS / "mnist_gaaf.yaml"), *tiny(EPOCHS, STEPS_PER_EPOCH)]
 EXACT = {"weights": 0.0, "metrics": 0.0, "grad_info.json": 0.0, "saturation.json": 0.0, "wandb": 0.0}
-DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
 STATS = ("metrics.json", "grad_info.json", "saturation.json")
 #: What a mid-epoch resume does not reproduce (see the test): Lightning does not run the epoch-start
 #: hooks again, so LearningRateMonitor(logging_interval="epoch") logs no learning rate for that epoch.
@@ -50,8 +50,8 @@ MID_EPOCH_GAPS = ("lr-SGD",)
 WANDB_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/acc", "test/loss")
 
 
-def _env(data: Path) -> dict[str, str]:
-    env = fit_env(data)
+def _env(data: Path, **extra: str) -> dict[str, str]:
+    env = fit_env(data, **extra)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH", "")) if p)
     return env
 
@@ -82,7 +82,9 @@ class Interrupted:
     stderr: str
 
 
-def _interrupt(cwd: Path, data: Path, step: int, signum: int, *extra: str) -> Interrupted:
+def _interrupt(
+    cwd: Path, data: Path, step: int, signum: int, *extra: str, env: dict[str, str] | None = None
+) -> Interrupted:
     """Start gaaf-fit, wait until it has finished training step ``step``, send ``signum`` to it."""
     marker = cwd / f"paused-at-{step}"
     pause = ["--trainer.callbacks+=_resume_helpers.PauseAtStep"]
@@ -95,7 +97,7 @@ def _interrupt(cwd: Path, data: Path, step: int, signum: int, *extra: str) -> In
     proc = subprocess.Popen(
         fit_command(*ARGS, *extra, *pause),
         cwd=cwd,
-        env=_env(data),
+        env=_env(data, **(env or {})),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -450,37 +452,31 @@ def test_training_order_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch() 
 
 
 # ----------------------------------------------------------------------------- DDP
-def test_ddp_sigterm_to_rank_zero_then_resume_equals_uninterrupted(tmp_path: Path, mnist_dir: Path) -> None:
-    """Every part is a DDP launch (a process of its own): the uninterrupted reference runs while the
-    interrupted fit starts and waits for its signal, then the interrupted fit is resumed."""
-    reference_cwd, cwd = tmp_path / "reference", tmp_path / "interrupted"
-    reference_cwd.mkdir(), cwd.mkdir()
-    log = tmp_path / "reference.log"  # a file, not a pipe: nobody reads the pipe while it runs
-    # One launch after the other: two DDP launches at once can pick the same rendezvous port.
-    with log.open("w") as out:
-        reference = subprocess.run(
-            fit_command(*ARGS, *DDP),
-            cwd=reference_cwd,
-            env=_env(mnist_dir),
-            stdout=out,
-            stderr=out,
-            timeout=600,
-        )
-    assert reference.returncode == 0, log.read_text()[-3000:]
+@pytest.mark.xdist_group("ddp")
+def test_ddp_sigterm_to_rank_zero_then_resume_equals_uninterrupted(
+    tmp_path: Path, mnist_dir: Path, ddp_run: DDPRun
+) -> None:
+    """Every part is a DDP launch (a process of its own). The uninterrupted reference is the session's
+    DDP run (the same experiment, native kernels): the interrupted fit uses its kernel cache."""
+    assert ddp_run.result.returncode == 0, ddp_run.result.stderr[-3000:]
+    assert DDP_ARGS == [*ARGS, *DDP]
+    env = {"GAAF_BACKEND": "native", "GAAF_CACHE_DIR": str(ddp_run.cache)}
     step = STEPS_PER_EPOCH + 2
-    stopped = _interrupt(cwd, mnist_dir, step, signal.SIGTERM, *DDP)
+    stopped = _interrupt(tmp_path, mnist_dir, step, signal.SIGTERM, *DDP, env=env)
     assert stopped.returncode == 143, stopped.stderr[-3000:]
-    run_dir = _run_dir(cwd)
+    run_dir = _run_dir(tmp_path)
     assert _ckpt(run_dir / "checkpoints" / "last.ckpt")["global_step"] == step
     (wandb_run,) = _wandb_runs(run_dir)
     assert _exit_code(wandb_run) == 143
 
-    resumed = run_fit(*ARGS, *DDP, "--ckpt_path", "last", cwd=cwd, env=_env(mnist_dir), timeout=600)
+    resumed = run_fit(
+        *ARGS, *DDP, "--ckpt_path", "last", cwd=tmp_path, env=_env(mnist_dir, **env), timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert _run_dir(cwd) == run_dir
+    assert _run_dir(tmp_path) == run_dir
     first, second = _wandb_runs(run_dir)
     assert _run_id(first) == _run_id(second)
     # every rank's accuracy counters
-    diff = differences(run_dir, _run_dir(reference_cwd), ignore=MID_EPOCH_GAPS)
+    diff = differences(run_dir, ddp_run.run_dir, ignore=MID_EPOCH_GAPS)
     print("DDP 2 processes, SIGTERM at step", step, diff)
     assert diff == EXACT

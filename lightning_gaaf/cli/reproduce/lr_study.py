@@ -191,22 +191,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--datasets", nargs="+", choices=sorted(DATAMODULE), default=["mnist", "fashion_mnist"]
     )
     parser.add_argument("--protocols", nargs="+", choices=list(lp.PROTOCOLS), default=list(lp.PROTOCOLS))
-    parser.add_argument("--models", nargs="+", choices=lp.MODELS, default=list(lp.MODELS))
     parser.add_argument("--no-control", action="store_true", help="skip the per-layer-lr control of base")
+    add_study_arguments(parser, max_epochs=100, out="reproduce/lr_study", work_dir="runs/lr_study")
+    args = parser.parse_args(argv)
+    finish_study_arguments(parser, args)
+    args.studies = [(d, p) for d in args.datasets for p in args.protocols]
+    return args
+
+
+def add_study_arguments(parser: argparse.ArgumentParser, *, max_epochs: int, out: str, work_dir: str) -> None:
+    """The options a study of per-model learning rates shares (this one and the size study)."""
+    parser.add_argument("--models", nargs="+", choices=lp.MODELS, default=list(lp.MODELS))
     parser.add_argument("--grid", nargs="+", type=float, default=None, help="initial grid for every protocol")
     parser.add_argument("--max-extensions", type=int, default=2, help="grid steps added per edge; default 2")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per model at its rate; default 5")
-    parser.add_argument("--max-epochs", type=int, default=100, help="epoch cap per run; default 100")
+    parser.add_argument(
+        "--max-epochs", type=int, default=max_epochs, help=f"epoch cap per run; default {max_epochs}"
+    )
     parser.add_argument("--patience", type=int, default=10, help="early stopping on val/loss; default 10")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once; default 2")
-    parser.add_argument("--out", default="reproduce/lr_study", help="result JSONs and tables")
-    parser.add_argument("--work-dir", default="runs/lr_study", help="run directories (checkpoints, logs)")
+    parser.add_argument("--out", default=out, help="result JSONs and tables")
+    parser.add_argument("--work-dir", default=work_dir, help="run directories (checkpoints, logs)")
     parser.add_argument("--data-dir", default=None, help="dataset root; default $GAAF_DATA_DIR")
     parser.add_argument("--configs", default=None, help="folder with the mnist*_*.yaml configs")
     parser.add_argument("--val-size", type=int, default=None, help="validation images; default the config's")
     parser.add_argument("--tables-only", action="store_true", help="rebuild tables/figures from the JSONs")
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 epochs of a few batches")
-    args = parser.parse_args(argv)
+
+
+def finish_study_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Check the shared options (one ``parser.error`` line each) and resolve their defaults."""
     if args.quick:
         args.max_epochs, args.patience = min(args.max_epochs, 2), min(args.patience, 1)
         args.val_size = 500 if args.val_size is None else args.val_size
@@ -218,8 +232,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.data_dir = args.data_dir or os.environ.get("GAAF_DATA_DIR")
     args.configs = Path(args.configs) if args.configs else configs_dir()
     args.out, args.work_dir = Path(args.out), Path(args.work_dir)
-    args.studies = [(d, p) for d in args.datasets for p in args.protocols]
-    return args
+
+
+def study_main(
+    prog: str,
+    args: argparse.Namespace,
+    todo: Callable[[list[dict[str, Any]]], list[lp.Run]],
+    write_tables: Callable[[argparse.Namespace, list[dict[str, Any]]], list[Path]],
+) -> None:
+    """``--tables-only`` rebuilds the tables; otherwise the study runs (and rebuilds them as runs end)."""
+    check_configs(prog, args.configs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.tables_only:
+        written = write_tables(args, load_records(args.out))
+        print(f"{prog}: wrote {', '.join(str(p) for p in written) or 'nothing (no finished runs)'}")
+        return
+    run_study(prog, args, todo, write_tables)
 
 
 def check_configs(prog: str, configs: Path) -> None:
@@ -290,12 +318,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     from lightning_gaaf.cli.reproduce.lr_tables import write_tables
 
     args = parse_args(argv)
-    check_configs(PROG, args.configs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.tables_only:
-        written = write_tables(args, load_records(args.out))
-        print(f"{PROG}: wrote {', '.join(str(p) for p in written) or 'nothing (no finished runs)'}")
-        return
 
     def todo(records: list[dict[str, Any]]) -> list[lp.Run]:
         return lp.plan(
@@ -303,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             control=not args.no_control, grids=args.grids, models=args.models,
         )  # fmt: skip
 
-    run_study(PROG, args, todo, write_tables)
+    study_main(PROG, args, todo, write_tables)
 
 
 if __name__ == "__main__":

@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning_gaaf.cli.reproduce import lr_plan as lp
-from lightning_gaaf.cli.reproduce.lr_study import DATAMODULE, check_configs, load_records, run_study
-from lightning_gaaf.run.bundled import configs_dir
+from lightning_gaaf.cli.reproduce.lr_study import (
+    DATAMODULE,
+    add_study_arguments,
+    finish_study_arguments,
+    study_main,
+)
 
 PROG = "gaaf-reproduce --size-study"
 #: Images of the MNIST / Fashion-MNIST training split (before validation is held out).
@@ -63,30 +66,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--reuse-lr-study", default=None, metavar="DIR",
         help="the learning-rate study's --out: its runs are the whole training split's",
     )  # fmt: skip
-    parser.add_argument("--models", nargs="+", choices=lp.MODELS, default=list(lp.MODELS))
-    parser.add_argument(
-        "--grid", nargs="+", type=float, default=None, help="initial grid; default the protocol's"
-    )
-    parser.add_argument("--max-extensions", type=int, default=2, help="grid steps added per edge; default 2")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per model and size; default 5")
-    parser.add_argument("--max-epochs", type=int, default=500, help="epoch cap per run; default 500")
-    parser.add_argument("--patience", type=int, default=10, help="early stopping on val/loss; default 10")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at once; default 2")
-    parser.add_argument("--out", default="reproduce/size_study", help="result JSONs and tables")
-    parser.add_argument("--work-dir", default="runs/size_study", help="run directories (checkpoints, logs)")
-    parser.add_argument("--data-dir", default=None, help="dataset root; default $GAAF_DATA_DIR")
-    parser.add_argument("--configs", default=None, help="folder with the mnist*_*.yaml configs")
-    parser.add_argument("--val-size", type=int, default=None, help="validation images; default the config's")
-    parser.add_argument("--tables-only", action="store_true", help="rebuild tables from the JSONs")
-    parser.add_argument("--quick", action="store_true", help="smoke test: 2 epochs of a few batches")
+    add_study_arguments(parser, max_epochs=500, out="reproduce/size_study", work_dir="runs/size_study")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.max_epochs, args.patience = min(args.max_epochs, 2), min(args.patience, 1)
-        args.val_size = 500 if args.val_size is None else args.val_size
-    if min(args.seeds, args.max_epochs, args.patience, args.jobs) < 1 or args.max_extensions < 0:
-        parser.error("--seeds, --max-epochs, --patience and --jobs must be >= 1, --max-extensions >= 0")
-    if args.grid is not None and min(args.grid) <= 0:
-        parser.error("--grid: learning rates must be > 0")
+    finish_study_arguments(parser, args)
     args.full_size = TRAIN_SPLIT - (DEFAULT_VAL_SIZE if args.val_size is None else args.val_size)
     bad = [n for n in args.train_sizes if not 1 <= n <= args.full_size]
     if bad:
@@ -98,10 +80,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.reuse_lr_study and not Path(args.reuse_lr_study).is_dir():
         parser.error(f"--reuse-lr-study: {args.reuse_lr_study} is not a folder")
     args.train_sizes = sorted(set(args.train_sizes))
-    args.grids = {p: tuple(args.grid) for p in lp.PROTOCOLS} if args.grid else dict(lp.GRIDS)
-    args.data_dir = args.data_dir or os.environ.get("GAAF_DATA_DIR")
-    args.configs = Path(args.configs) if args.configs else configs_dir()
-    args.out, args.work_dir = Path(args.out), Path(args.work_dir)
     args.reuse_lr_study = Path(args.reuse_lr_study) if args.reuse_lr_study else None
     return args
 
@@ -110,13 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from lightning_gaaf.cli.reproduce.size_tables import write_tables
 
     args = parse_args(argv)
-    check_configs(PROG, args.configs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.tables_only:
-        written = write_tables(args, load_records(args.out))
-        print(f"{PROG}: wrote {', '.join(str(p) for p in written) or 'nothing (no finished runs)'}")
-        return
-    run_study(PROG, args, lambda records: plan(args, records), write_tables)
+    study_main(PROG, args, lambda records: plan(args, records), write_tables)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,12 @@
 import json
 import math
 import os
-from concurrent.futures import Executor, Future
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _study_helpers import InProcessExecutor
 from _tune_helpers import run_program, stub_fit, stub_val_acc
 
 import lightning_gaaf.run
@@ -143,18 +143,6 @@ def test_layer_lr_scale_rejects_unknown_layers_and_bad_factors():
         ImageClassifier(MLP(in_features=8, hidden=[6]), layer_lr_scale={"backbone.fc9": 2.0})
     with pytest.raises(ValueError, match=r"factor of 'backbone.fc1' must be > 0, got 0"):
         ImageClassifier(MLP(in_features=8, hidden=[6]), layer_lr_scale={"backbone.fc1": 0})
-
-
-class InProcessExecutor(Executor):
-    """The study's pool, running each submitted run at once in this process (no spawned workers)."""
-
-    def __init__(self, max_workers: int | None = None, mp_context: object = None) -> None:
-        pass
-
-    def submit(self, fn, /, *args, **kwargs) -> Future:
-        future: Future = Future()
-        future.set_result(fn(*args, **kwargs))
-        return future
 
 
 def lr_study(tmp_path: Path, monkeypatch, *extra: str):

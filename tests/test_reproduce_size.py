@@ -3,10 +3,10 @@
 import argparse
 import json
 import os
-from concurrent.futures import Executor, Future
 
 import numpy as np
 import pytest
+from _study_helpers import InProcessExecutor
 from _tune_helpers import run_program
 
 from lightning_gaaf.cli.reproduce import lr_plan as lp
@@ -77,16 +77,6 @@ def test_bad_options_are_one_clear_error(argv, message, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("gaaf-reproduce --size-study: error: ")
     assert __import__("re").search(message, err)
-
-
-class InProcessExecutor(Executor):
-    def __init__(self, max_workers: int | None = None, mp_context: object = None) -> None:
-        pass
-
-    def submit(self, fn, /, *args, **kwargs) -> Future:
-        future: Future = Future()
-        future.set_result(fn(*args, **kwargs))
-        return future
 
 
 def test_study_writes_a_record_with_the_training_set_accuracy_from_a_real_fit(tmp_path, monkeypatch):

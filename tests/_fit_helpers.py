@@ -105,6 +105,9 @@ def run_program(
     any other exception.
     """
     out, err = io.StringIO(), io.StringIO()
+    # A program starts without W&B settings: an earlier test's W&B object (a logger built with
+    # WANDB_MODE=disabled, say) leaves wandb's process-wide settings behind, which this run would take.
+    stop_wandb_service()
     with program_context(cwd, env), _captured(out, err):
         try:
             main(list(argv))

@@ -13,6 +13,8 @@ On top of LightningCLI (every override works: ``--trainer.max_epochs 3``, ``--mo
   where it takes one (a nested link jsonargparse cannot express, done in :func:`_link_backbone_classes`).
 * **GAAF section** -- ``gaaf: {enabled: true, K: 10000, ...}`` adds a :class:`~lightning_gaaf.GAAFCallback`
   ahead of every other callback, so that monitors see the final modules.
+* **atomic checkpoints** -- the Trainer's checkpoint plugin is :class:`~.checkpoint_io.AtomicCheckpointIO`
+  unless the config names one (a full disk keeps the previous checkpoint whole).
 * **run values** -- the run directory, the W&B folder, name, mode and resumed id go into the copy the
   classes are built from, never into the saved ``config.yaml`` (:mod:`.config`).
 """
@@ -30,6 +32,7 @@ from typing import Any, NoReturn
 
 import yaml
 from jsonargparse import Namespace
+from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -38,6 +41,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from lightning_gaaf.callback import GAAFCallback
 from lightning_gaaf.callbacks import MetricsMonitor, Monitor
 from lightning_gaaf.run.bundled import configs_dir
+from lightning_gaaf.run.checkpoint_io import use_atomic_checkpoints
 from lightning_gaaf.run.checkpoints import BestCheckpoint, LastCheckpoint
 from lightning_gaaf.run.composition import UsageError, condense, config_name, expand_config_args
 from lightning_gaaf.run.config import DEFAULT_LOGGER, SaveRunConfig, described_config, with_run_values
@@ -240,8 +244,19 @@ class GaafCLI(LightningCLI):
                 f"{key}={trainer_cfg.get(key)}" for key in ("accelerator", "devices", "strategy", "precision")
             )
             raise UsageError(f"trainer ({chosen}): {exc}") from exc
+        use_atomic_checkpoints(trainer, user_chose_io=self._checkpoint_io_chosen())
         drop_anonymous_setting(trainer)
         return trainer
+
+    def _checkpoint_io_chosen(self) -> bool:
+        """Whether the config names a checkpoint plugin: in ``trainer.plugins`` or the strategy's arguments."""
+        plugins = self.config_init["trainer"].get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        strategy = self.config.get("trainer.strategy")
+        init_args = strategy.get("init_args") if isinstance(strategy, Namespace) else None
+        return any(isinstance(p, CheckpointIO) for p in plugins) or bool(
+            isinstance(init_args, Namespace) and init_args.get("checkpoint_io")
+        )
 
 
 def _configured_defaults(parser: LightningArgumentParser, argv: list[str]) -> None:

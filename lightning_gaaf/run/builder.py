@@ -269,8 +269,9 @@ def _configured_defaults(parser: LightningArgumentParser, argv: list[str]) -> No
         top = key.split(".")[0]
         if top in ("config", "run_dir", "ckpt_path"):
             continue
-        if top in ("model", "data"):  # a class and its arguments: one value
+        if top in ("model", "data"):  # a class and its arguments: one value, a dict for a subclass type
             key, value = top, configured[top]
+            value = value.as_dict() if isinstance(value, Namespace) else value
         with contextlib.suppress(KeyError, ValueError, TypeError):
             parser.set_defaults({key: value})
 

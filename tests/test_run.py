@@ -155,6 +155,19 @@ def test_config_help_shows_the_configs_values_and_describes_every_gaaf_option(
     for name, text in entries.items():  # every option says what it does, beyond its type and default
         assert re.sub(r"\(type:.*", "", text).strip(), name
 
+    def default(help_text: str, option: str) -> str:
+        """The ``default: ...`` of ``option``'s entry (``--model CONFIG | ...``), on one line."""
+        entry = next(e for e in re.split(r"\n  (?=--)", help_text) if e.startswith(f"{option} CONFIG"))
+        return " ".join(entry.split()).split("default: ", 1)[1]
+
+    # The model with its backbone and optimizer, and the DataModule, as the config gives them.
+    model, data = default(configured, "--model"), default(configured, "--data")
+    for value in ("'lightning_gaaf.models.MLP'", "'hidden': [512, 256, 256]", "'activation': 'tanh'",
+                  "'torch.optim.SGD'", "'lr': 0.05", "'momentum': 0.9"):  # fmt: skip
+        assert value in model, (value, model)
+    assert "'lightning_gaaf.datamodules.MNISTDataModule'" in data and "'batch_size': 128" in data, data
+    assert "MLP" not in default(plain, "--model") and default(plain, "--data").startswith("null")
+
 
 # ----------------------------------------------------------------------------- library changes
 def test_model_checkpoint_keeps_its_last_saved_step() -> None:

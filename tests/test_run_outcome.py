@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from _cli_helpers import CONFIGS, fit_env, tiny
 from _fit_helpers import fit_in_process
@@ -93,3 +94,21 @@ def test_the_wandb_logger_starts_without_the_retired_anonymous_setting(tmp_path:
     trainer = pl.Trainer(logger=logger, default_root_dir=tmp_path, enable_checkpointing=False)
     drop_anonymous_setting(trainer)
     assert "anonymous" not in logger._wandb_init and logger._wandb_init["project"] == "lightning_logs"
+
+
+@pytest.mark.skipif(
+    not torch.version.cuda or torch.cuda.is_available(),
+    reason="the notice comes from a CUDA build of torch on a machine without a GPU",
+)
+def test_a_compiled_cpu_run_does_not_say_no_cuda_runtime_is_found(tmp_path: Path, mnist_dir: Path) -> None:
+    """Inductor imports torch.utils.cpp_extension to build the compiled kernels; with a CUDA_HOME and no
+    GPU that import logs "No CUDA runtime is found". A fresh process and cache: the import happens here."""
+    cuda_home = tmp_path / "cuda"
+    cuda_home.mkdir()
+    env = fit_env(mnist_dir, GAAF_BACKEND="compile", CUDA_HOME=str(cuda_home))
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor")
+    args = ["--config", "mnist_gaaf", *tiny(1, 2), "--trainer.limit_val_batches", "1"]
+    proc = _gaaf_fit([*args, "--trainer.accelerator", "cpu"], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "No CUDA runtime" not in proc.stdout + proc.stderr
+    assert "gaaf-fit: run directory:" in proc.stdout

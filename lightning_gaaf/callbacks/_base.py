@@ -115,6 +115,14 @@ class Monitor(Callback):
         """Hand the step log's collected record to the loggers."""
         self.step_log(trainer).flush(trainer)
 
+    @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # The record of the last logging step goes to the loggers before the checkpoint exists: a run
+        # killed after the checkpoint continues after that step and would never log the record.
+        self.flush_logs(trainer)
+
     # -- results -----------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:

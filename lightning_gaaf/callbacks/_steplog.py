@@ -25,7 +25,7 @@ class StepLog:
     gets one record per step for all of them together (one ``log_metrics`` call, one W&B history
     row), rather than one per monitor (a W&B call costs about a millisecond). The record is handed
     on when a number of another step arrives or :meth:`flush` is called (a monitor saving its
-    statistics, or an exception ending the run). It belongs to one trainer.
+    statistics, a checkpoint being saved, or an exception ending the run). It belongs to one trainer.
     """
 
     def __init__(self, trainer: pl.Trainer) -> None:

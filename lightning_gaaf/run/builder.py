@@ -10,9 +10,11 @@ On top of LightningCLI (every override works: ``--trainer.max_epochs 3``, ``--mo
   (``configs/defaults/base.yaml``: monitors, ``gaaf`` section) under whatever the configs say.
 * **num_classes** -- the DataModule class's ``num_classes`` reaches the model through a LightningCLI
   argument link at parse time (models without the argument are left alone), and the model's backbone
-  where it takes one (a nested link jsonargparse cannot express, done in :func:`_link_backbone_classes`).
+  where it takes one (a second link, into ``model.init_args.backbone.init_args.num_classes``).
 * **GAAF section** -- ``gaaf: {enabled: true, K: 10000, ...}`` adds a :class:`~lightning_gaaf.GAAFCallback`
   ahead of every other callback, so that monitors see the final modules.
+* **atomic checkpoints** -- the Trainer's checkpoint plugin is :class:`~.checkpoint_io.AtomicCheckpointIO`
+  unless the config names one (a full disk keeps the previous checkpoint whole).
 * **run values** -- the run directory, the W&B folder, name, mode and resumed id go into the copy the
   classes are built from, never into the saved ``config.yaml`` (:mod:`.config`).
 """
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import inspect
 import os
 import sys
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from typing import Any, NoReturn
 
 import yaml
 from jsonargparse import Namespace
+from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -39,6 +41,7 @@ from lightning_gaaf.callback import GAAFCallback
 from lightning_gaaf.callbacks import MetricsMonitor, Monitor
 from lightning_gaaf.run.adaptive_threads_callback import adaptive_threads_callbacks
 from lightning_gaaf.run.bundled import configs_dir
+from lightning_gaaf.run.checkpoint_io import use_atomic_checkpoints
 from lightning_gaaf.run.checkpoints import BestCheckpoint, LastCheckpoint
 from lightning_gaaf.run.composition import UsageError, condense, config_name, expand_config_args
 from lightning_gaaf.run.config import DEFAULT_LOGGER, SaveRunConfig, described_config, with_run_values
@@ -78,26 +81,6 @@ def _import_class(class_path: str) -> type | None:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         return None
-
-
-def _link_backbone_classes(config: Namespace) -> None:
-    """The DataModule class's ``num_classes`` into the model's ``backbone`` where its class takes it.
-
-    jsonargparse links cannot target an argument of a nested subclass (``model.init_args.backbone
-    .init_args.num_classes``), so this one nested link is done here, at parse time, from the class.
-    """
-    data, model = config.get("data"), config.get("model")
-    if not isinstance(data, Namespace) or not isinstance(model, Namespace):
-        return
-    num_classes = getattr(_import_class(data.get("class_path", "")), "num_classes", None)
-    backbone = (model.get("init_args") or Namespace()).get("backbone")
-    if not isinstance(num_classes, int) or not isinstance(backbone, Namespace):
-        return
-    cls = _import_class(backbone.get("class_path", ""))
-    if cls is not None and "num_classes" in inspect.signature(cls.__init__).parameters:
-        init = backbone.get("init_args") or Namespace()
-        init["num_classes"] = num_classes
-        backbone["init_args"] = init
 
 
 class GaafCLI(LightningCLI):
@@ -159,8 +142,13 @@ class GaafCLI(LightningCLI):
             "--gaaf.enabled", type=bool, default=False, help="Apply GAAF surgery with the options below."
         )
         parser.add_class_arguments(GAAFCallback, "gaaf", instantiate=False, fail_untyped=False)
-        # At parse time, from the DataModule's class: the saved config.yaml records the value.
+        # At parse time, from the DataModule's class, into the model and its backbone (jsonargparse
+        # >= 4.49 links into a nested subclass' arguments; checked with 4.53). Link targets are left
+        # out of the saved config.yaml: the links set them again when it is run.
         parser.link_arguments("data", "model.init_args.num_classes", _data_classes, apply_on="parse")
+        parser.link_arguments(
+            "data", "model.init_args.backbone.init_args.num_classes", _data_classes, apply_on="parse"
+        )
         if self.subclass_mode_model:
             parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}})
 
@@ -174,7 +162,6 @@ class GaafCLI(LightningCLI):
         self.config = parser.parse_args(expanded)
 
     def before_instantiate_classes(self) -> None:
-        _link_backbone_classes(self.config)
         self.described = described_config(self.config)
         chosen = os.environ.get(RUN_DIR_ENV) or self.config.get("run_dir")
         chosen = chosen or self.config.get("trainer.default_root_dir")
@@ -243,8 +230,19 @@ class GaafCLI(LightningCLI):
                 f"{key}={trainer_cfg.get(key)}" for key in ("accelerator", "devices", "strategy", "precision")
             )
             raise UsageError(f"trainer ({chosen}): {exc}") from exc
+        use_atomic_checkpoints(trainer, user_chose_io=self._checkpoint_io_chosen())
         drop_anonymous_setting(trainer)
         return trainer
+
+    def _checkpoint_io_chosen(self) -> bool:
+        """Whether the config names a checkpoint plugin: in ``trainer.plugins`` or the strategy's arguments."""
+        plugins = self.config_init["trainer"].get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        strategy = self.config.get("trainer.strategy")
+        init_args = strategy.get("init_args") if isinstance(strategy, Namespace) else None
+        return any(isinstance(p, CheckpointIO) for p in plugins) or bool(
+            isinstance(init_args, Namespace) and init_args.get("checkpoint_io")
+        )
 
 
 def _configured_defaults(parser: LightningArgumentParser, argv: list[str]) -> None:
@@ -257,8 +255,9 @@ def _configured_defaults(parser: LightningArgumentParser, argv: list[str]) -> No
         top = key.split(".")[0]
         if top in ("config", "run_dir", "ckpt_path"):
             continue
-        if top in ("model", "data"):  # a class and its arguments: one value
+        if top in ("model", "data"):  # a class and its arguments: one value, a dict for a subclass type
             key, value = top, configured[top]
+            value = value.as_dict() if isinstance(value, Namespace) else value
         with contextlib.suppress(KeyError, ValueError, TypeError):
             parser.set_defaults({key: value})
 

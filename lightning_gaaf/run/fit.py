@@ -25,6 +25,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from lightning_gaaf.callbacks import MetricsMonitor
 from lightning_gaaf.datamodules import DatasetCorruptedError, DatasetNotFoundError
 from lightning_gaaf.run.builder import GaafCLI
+from lightning_gaaf.run.checkpoint_io import CheckpointWriteError
 from lightning_gaaf.run.checkpoints import LastCheckpoint
 from lightning_gaaf.run.composition import UsageError
 from lightning_gaaf.run.directory import RUN_DIR_ENV
@@ -48,8 +49,15 @@ SETUP_ERRORS = (
 )
 #: The same kind of mistake found once training runs (data read in ``prepare_data``/``setup``, a model
 #: without ``training_step``). Anything else raised inside training is a bug and keeps its traceback.
-#: A statistics file that cannot be written (a full disk) is reported the same way: one line.
-RUN_ERRORS = (MisconfigurationException, DatasetNotFoundError, DatasetCorruptedError, StatsWriteError)
+#: A statistics file or checkpoint that cannot be written (a full disk) is reported the same way: one
+#: line, the previous file kept.
+RUN_ERRORS = (
+    MisconfigurationException,
+    DatasetNotFoundError,
+    DatasetCorruptedError,
+    StatsWriteError,
+    CheckpointWriteError,
+)
 
 
 def _test(trainer: Trainer, model: Any, data: Any) -> None:

@@ -7,6 +7,7 @@ Float32 CPU kernels use the inlineable polynomials of :mod:`~lightning_gaaf.acti
 
 from __future__ import annotations
 
+import logging
 import types
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,20 @@ from lightning_gaaf.activations.shapes import Shape
 from lightning_gaaf.activations.spec import BoundActivation
 
 __all__ = ["CompiledKernels", "inductor_options"]
+
+
+class _NoCudaRuntimeNotice(logging.Filter):
+    """Drops ``torch.utils.cpp_extension``'s import-time notice "No CUDA runtime is found, using
+    CUDA_HOME=...": inductor imports that module to build these kernels for the CPU, and on a machine
+    with a CUDA toolkit but no GPU the notice says nothing about the run. Its other messages pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No CUDA runtime is found")
+
+
+_CPP_EXTENSION_LOG = logging.getLogger("torch.utils.cpp_extension")
+if not any(type(f).__name__ == _NoCudaRuntimeNotice.__name__ for f in _CPP_EXTENSION_LOG.filters):
+    _CPP_EXTENSION_LOG.addFilter(_NoCudaRuntimeNotice())
 
 
 def inductor_options(device_type: str) -> dict[str, Any] | None:

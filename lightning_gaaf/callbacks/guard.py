@@ -86,7 +86,6 @@ class GradScaleMonitor(StepHistory):
         self.warnings: list[dict[str, Any]] = []
         self._layers: dict[str, nn.Module] = {}
         self._first: dict[str, float] = {}
-        self._checked_first = False
         self._gaaf = False
 
     @override
@@ -115,17 +114,16 @@ class GradScaleMonitor(StepHistory):
         require_layers(type(self).__name__, self._layers, "Linear/Conv layers")
         self.start_history(trainer, self._layers)
         self._gaaf = has_gaaf(pl_module)
-        self._checked_first = False
 
     @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         step = trainer.global_step
-        due = not self._checked_first or is_log_step(step, self._every)
+        # The very first step is always checked; a resumed run has its history and keeps the interval.
+        due = not self.steps or is_log_step(step, self._every)
         if len(self._layers) < 2 or not due or not self.record_step(step):
             return
-        self._checked_first = True
         values = gradient_means(self._layers)
         with_grad = {n for n, layer in self._layers.items() if layer.weight.grad is not None}
         ref = values[self.reference] if self.reference in with_grad else math.nan

@@ -266,8 +266,8 @@ def test_real_mnist_gaaf_learns(tmp_path: Path) -> None:
     if not data_dir:
         pytest.skip("GAAF_DATA_DIR is not set")
     args = ["--config", str(CONFIGS / "mnist_gaaf.yaml"), "--data.download", "false"]
-    args += ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "150"]
-    args += ["--trainer.limit_val_batches", "10", "--trainer.limit_test_batches", "20"]
+    args += ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "60"]
+    args += ["--trainer.limit_val_batches", "5", "--trainer.limit_test_batches", "10"]
     args += ["--trainer.enable_progress_bar", "false"]
     # A program of its own: it reads the W&B run that a fresh process's W&B service writes.
     result = run_fit(*args, cwd=tmp_path, env=fit_env(data_dir), timeout=600)

@@ -100,15 +100,24 @@ def test_the_wandb_logger_starts_without_the_retired_anonymous_setting(tmp_path:
     not torch.version.cuda or torch.cuda.is_available(),
     reason="the notice comes from a CUDA build of torch on a machine without a GPU",
 )
-def test_a_compiled_cpu_run_does_not_say_no_cuda_runtime_is_found(tmp_path: Path, mnist_dir: Path) -> None:
+def test_the_compiled_backend_silences_only_the_no_cuda_runtime_notice(tmp_path: Path) -> None:
     """Inductor imports torch.utils.cpp_extension to build the compiled kernels; with a CUDA_HOME and no
-    GPU that import logs "No CUDA runtime is found". A fresh process and cache: the import happens here."""
+    GPU that import logs "No CUDA runtime is found". A fresh process, so that the import happens in it,
+    in the order of a compiled run: the backend module first, then inductor's build."""
     cuda_home = tmp_path / "cuda"
     cuda_home.mkdir()
-    env = fit_env(mnist_dir, GAAF_BACKEND="compile", CUDA_HOME=str(cuda_home))
-    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor")
-    args = ["--config", "mnist_gaaf", *tiny(1, 2), "--trainer.limit_val_batches", "1"]
-    proc = _gaaf_fit([*args, "--trainer.accelerator", "cpu"], env, tmp_path)
+    code = (
+        "import logging, lightning_gaaf.activations.backends.compiled\n"
+        "import torch.utils.cpp_extension\n"
+        "logging.getLogger('torch.utils.cpp_extension').warning('another notice passes')\n"
+    )
+    env = {**os.environ, "CUDA_HOME": str(cuda_home)}
+    plain = subprocess.run(
+        [sys.executable, "-c", "import torch.utils.cpp_extension"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert "No CUDA runtime is found" in plain.stderr  # what torch says without the backend's filter
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "No CUDA runtime" not in proc.stdout + proc.stderr
-    assert "gaaf-fit: run directory:" in proc.stdout
+    assert "another notice passes" in proc.stderr

@@ -67,7 +67,26 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path):
     carry ``xdist_group("ddp")`` so that one pytest-xdist worker starts it once."""
     from _cli_runs import start_ddp_run
 
+    _claim_for_this_worker(tmp_path_factory, "ddp_run")
     return start_ddp_run(tmp_path_factory.mktemp("ddp_run"), mnist_dir)
+
+
+def _claim_for_this_worker(tmp_path_factory: pytest.TempPathFactory, name: str) -> None:
+    """Fail when a second pytest-xdist worker builds the session run ``name``: its tests' xdist_group
+    was split (``--dist loadgroup`` not honoured), and two workers would launch DDP runs at once."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        return
+    owner = tmp_path_factory.getbasetemp().parent / f"{name}.worker"  # shared by the run's workers
+    try:
+        with owner.open("x") as f:
+            f.write(worker)
+    except FileExistsError:
+        pytest.fail(
+            f"{name} is built by {worker} after {owner.read_text()}: the tests of xdist_group "
+            f"'{name.split('_')[0]}' were split across workers (pytest-xdist's --dist loadgroup does not "
+            "work with this pytest; see pyproject.toml)"
+        )
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:

@@ -12,9 +12,7 @@ of a graceful stop) is either the new one or the previous one, never a piece.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,8 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_fabric.utilities.cloud_io import get_filesystem
 from lightning_fabric.utilities.types import _PATH
 from typing_extensions import override
+
+from lightning_gaaf.atomic_write import write_atomically
 
 __all__ = ["AtomicCheckpointIO", "CheckpointWriteError", "use_atomic_checkpoints"]
 
@@ -53,37 +53,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         buffer = io.BytesIO()  # serialized first: a failure to pickle is a bug, not a disk error
         torch.save(checkpoint, buffer)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(buffer.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            write_atomically(path, buffer.getbuffer())
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             error = CheckpointWriteError(f"could not write checkpoint {path}: {err.strerror or err}")
             error.errno = err.errno
             raise error from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _sync_directory(path.parent)
 
 
 def _is_local(path: _PATH) -> bool:
     return "file" in (get_filesystem(path).protocol or ())
-
-
-def _sync_directory(directory: Path) -> None:
-    """Make the rename itself durable (a power loss right after it keeps the new file)."""
-    with contextlib.suppress(OSError):  # not every platform or file system can open a directory
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def use_atomic_checkpoints(trainer: pl.Trainer, user_chose_io: bool) -> None:

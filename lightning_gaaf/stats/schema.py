@@ -23,10 +23,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from lightning_gaaf.atomic_write import write_atomically
 
 #: Version of the layout written by :func:`write_stats`; :func:`read_stats` reads this and older ones.
 SCHEMA_VERSION = 2
@@ -128,22 +129,12 @@ def write_stats(stats_dir: Path, statistic: str, payload: Mapping[str, Any], par
     record["nonfinite"] = marks
     text = json.dumps(record, allow_nan=False) + "\n"
     path = Path(stats_dir) / FILES[statistic]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, text.encode())
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         error = StatsWriteError(f"cannot write {path}: {err.strerror or err}")
         error.errno = err.errno
         raise error from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

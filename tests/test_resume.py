@@ -29,6 +29,7 @@ from _cli_helpers import CONFIGS, fit_command, fit_env, run_fit, tiny
 from _cli_runs import DDP, DDP_ARGS, DDPRun
 from _fit_helpers import FitResult, fit_in_process
 from _logged_fit import leet_inspect
+from _resume_helpers import pause_at, wait_until_paused
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_gaaf.cli.fit import main
@@ -88,14 +89,7 @@ def _interrupt(
     cwd: Path, data: Path, step: int, signum: int, *extra: str, env: dict[str, str] | None = None
 ) -> Interrupted:
     """Start gaaf-fit, wait until it has finished training step ``step``, send ``signum`` to it."""
-    marker = cwd / f"paused-at-{step}"
-    pause = ["--trainer.callbacks+=_resume_helpers.PauseAtStep"]
-    pause += [
-        "--trainer.callbacks.init_args.step",
-        str(step),
-        "--trainer.callbacks.init_args.marker",
-        str(marker),
-    ]
+    pause, marker = pause_at(cwd, step)
     proc = subprocess.Popen(
         fit_command(*ARGS, *extra, *pause),
         cwd=cwd,
@@ -104,13 +98,7 @@ def _interrupt(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 600
-    while not marker.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            out, err = proc.communicate()
-            pytest.fail(f"the fit never reached step {step} (exit {proc.returncode}):\n{err[-3000:]}")
-        time.sleep(0.1)
+    wait_until_paused(proc, marker, step)
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=300)
     return Interrupted(proc.returncode, out, err)

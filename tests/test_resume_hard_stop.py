@@ -14,15 +14,14 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 from _cli_helpers import CONFIGS, fit_command, fit_env, tiny
 from _fit_helpers import fit_in_process
 from _logged_fit import leet_inspect
+from _resume_helpers import pause_at, wait_until_paused
 
 HERE = Path(__file__).resolve().parent
 STEPS_PER_EPOCH = 6
@@ -55,14 +54,7 @@ def _args(cwd: Path) -> list[str]:
 
 def _kill_after(cwd: Path, data: Path, step: int) -> int:
     """Start gaaf-fit, wait until it has finished training step ``step``, SIGKILL it; its exit status."""
-    marker = cwd / f"paused-at-{step}"
-    pause = ["--trainer.callbacks+=_resume_helpers.PauseAtStep"]
-    pause += [
-        "--trainer.callbacks.init_args.step",
-        str(step),
-        "--trainer.callbacks.init_args.marker",
-        str(marker),
-    ]
+    pause, marker = pause_at(cwd, step)
     proc = subprocess.Popen(
         fit_command(*_args(cwd), *pause),
         cwd=cwd,
@@ -71,12 +63,7 @@ def _kill_after(cwd: Path, data: Path, step: int) -> int:
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 600
-    while not marker.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the fit never reached step {step}:\n{proc.communicate()[1][-3000:]}")
-        time.sleep(0.1)
+    wait_until_paused(proc, marker, step)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     return proc.returncode

@@ -70,7 +70,7 @@ def _captured(out: io.StringIO, err: io.StringIO) -> Iterator[None]:
         for handler in logger.handlers
         if type(handler) is logging.StreamHandler
     ]
-    streams = [handler.setStream(err) for handler in handlers]
+    streams = [_swap_stream(handler, err) for handler in handlers]
     added = []
     for name in LIGHTNING_LOGGERS:
         logger = logging.getLogger(name)
@@ -84,7 +84,16 @@ def _captured(out: io.StringIO, err: io.StringIO) -> Iterator[None]:
         for logger, handler in added:
             logger.removeHandler(handler)
         for handler, stream in zip(handlers, streams, strict=True):
-            handler.setStream(stream)
+            _swap_stream(handler, stream)
+
+
+def _swap_stream(handler: logging.StreamHandler, stream: Any) -> Any:
+    """``handler.setStream(stream)``, also when its stream was closed: a library that made its handler
+    while an earlier test captured stderr (capsys) keeps that capture's stream, closed since."""
+    if getattr(handler.stream, "closed", False):
+        old, handler.stream = handler.stream, stream
+        return old
+    return handler.setStream(stream)
 
 
 def fit_in_process(*args: str, cwd: Path, env: dict[str, str], wandb: bool = False) -> FitResult:

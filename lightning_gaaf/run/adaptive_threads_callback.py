@@ -6,12 +6,12 @@ gaaf-fit, gaaf-tune and gaaf-reproduce add :class:`AdaptiveThreadsCallback` (thr
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
@@ -46,9 +46,8 @@ class AdaptiveThreadsCallback(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._trainer = trainer
-        top = (
-            self.top if trainer.world_size == 1 else None
-        )  # several processes: the strategy divided the cores
+        # Several processes: the strategy divided the cores, each keeps its own count at most.
+        top = self.top if trainer.world_size == 1 else None
         self.adaptive = AdaptiveThreads(
             top, clock=self.clock, waiting=self.waiting, on_change=self._log, **self.chooser_options
         )
@@ -110,7 +109,6 @@ def adaptive_threads_callbacks(existing: Sequence[Callback] = ()) -> list[Callba
         return []
     if policy is None or not policy.follows_load or policy.threads is None:
         return []
-    torch = sys.modules.get("torch")
-    current = torch.get_num_threads() if torch is not None else policy.threads
+    current = torch.get_num_threads()
     top = (policy.cores or policy.threads) if current == policy.threads else current
     return [AdaptiveThreadsCallback(top=top)] if top > 1 else []

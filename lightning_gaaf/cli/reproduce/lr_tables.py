@@ -120,11 +120,8 @@ def target_table(finals: Mapping[str, list[Mapping]], targets: Sequence[float]) 
             missed = [r for r, h in zip(runs, hits, strict=True) if h is None]
             caps = sorted({r["max_epochs"] for r in missed})
             out = f"> {'/'.join(map(str, caps))} ({len(missed)} run{'s' * (len(missed) > 1)})"
-            epochs = "; ".join(
-                c
-                for c in (mean_std_cell([h["epoch"] for h in got]) if got else "", out if missed else "")
-                if c
-            )
+            reached = [mean_std_cell([h["epoch"] for h in got])] if got else []
+            epochs = "; ".join(reached + ([out] if missed else []))
             lines.append(
                 f"| {model} | {lp.lr_label(runs[0]['lr'])} | {target:.1f} | {len(got)}/{len(runs)} "
                 f"| {epochs} | {mean_std_cell([h['step'] for h in got], 0)} "

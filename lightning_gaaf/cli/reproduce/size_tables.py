@@ -57,14 +57,13 @@ def model_table(by_size: Mapping[int, tuple[Mapping[str, list[Mapping]], Path, b
         for model, runs in finals.items():
             if not runs:
                 continue
-            running = [running_train_acc(r) for r in runs]
             lines.append(
                 f"| {size}{' (lr study)' if reused else ''} | {model} | {lp.lr_label(runs[0]['lr'])} | {len(runs)} "
                 f"| {mean_std_cell([r['best_epoch'] for r in runs])} | {sum(r['hit_cap'] for r in runs)} "
                 f"| {mean_std_cell([r['best_val_acc'] for r in runs], 2)} | {mean_std_cell([r['test_acc'] for r in runs], 2)} "
                 f"| {mean_std_cell([r.get('train_eval_acc') for r in runs], 2)} | {mean_std_cell([gap(r) for r in runs], 2)} "
-                f"| {mean_std_cell(running, 2)} "
-                f"| {mean_std_cell([None if a is None else a - r['test_acc'] for a, r in zip(running, runs, strict=True)], 2)} |"
+                f"| {mean_std_cell([running_train_acc(r) for r in runs], 2)} "
+                f"| {mean_std_cell([running_gap(r) for r in runs], 2)} |"
             )
     return lines
 

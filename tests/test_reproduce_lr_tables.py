@@ -11,6 +11,8 @@ from lightning_gaaf.cli.reproduce import lr_plan as lp
 from lightning_gaaf.cli.reproduce.lr_tables import write_tables
 
 CAP = 20
+#: Whole table files the tests below must reproduce line for line (the output folder as ``<tmp>``).
+EXPECTED = Path(__file__).parent / "expected"
 GRID = (0.1, 0.2, 0.4)
 STEPS = 100
 N_IMAGES = 200
@@ -121,3 +123,10 @@ def test_the_rebuild_command_heads_the_tables(tables):
     head = tables.splitlines()[2]
     assert "by `gaaf-reproduce --lr-study --datasets mnist --protocols no_momentum --max-epochs 20" in head
     assert head.endswith("--tables-only`.")
+
+
+def test_the_whole_table_text_is_unchanged(tables, tmp_path):
+    """Every line of tables.md, against the file kept beside the tests: headings, captions, row and
+    comparison order, number formats. Change that file only with a change meant to show in the tables."""
+    expected = (EXPECTED / "lr_tables_mnist_no_momentum.md").read_text().splitlines()
+    assert tables.replace(str(tmp_path), "<tmp>").splitlines() == expected

@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +146,6 @@ def test_tables_compare_gaps_per_size_and_show_the_reused_full_split(tmp_path):
     assert "adjusted across the 6 comparisons of this table" in section
     assert "adjusted across the 3 comparisons of this table" in section
     assert "--size-study --datasets mnist --protocol no_momentum --train-sizes 1000 --reuse-lr-study" in text
+    # every line, against the file kept beside the tests (change it only with a change meant to show)
+    expected = (Path(__file__).parent / "expected" / "size_tables_mnist_no_momentum.md").read_text()
+    assert text.replace(str(tmp_path), "<tmp>").splitlines() == expected.splitlines()

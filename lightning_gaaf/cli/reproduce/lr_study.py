@@ -211,7 +211,9 @@ def add_study_arguments(
 ) -> None:
     """The options a study of per-model learning rates shares (this one, the size and the CNN study);
     ``models``: the models of the study's protocols, the choices of ``--models``."""
-    parser.add_argument("--models", nargs="+", choices=list(models), default=list(models))
+    parser.add_argument(
+        "--models", nargs="+", choices=list(models), default=list(models), help="default: all of them"
+    )
     parser.add_argument("--grid", nargs="+", type=float, default=None, help="initial grid for every protocol")
     parser.add_argument("--max-extensions", type=int, default=2, help="grid steps added per edge; default 2")
     parser.add_argument(

@@ -230,3 +230,27 @@ def test_a_quick_study_on_real_fashion_mnist(tmp_path, monkeypatch):
     assert "Budget: 500 of the 59500 training images, at most 2 epochs per run" in text
     assert "| gaaf - base | 2 |" in text and "| bn_gaaf - bn | 0 |" in text
     assert (folder / "val_acc.png").stat().st_size > 0
+
+
+def test_a_diverged_run_is_recorded_and_its_rate_scores_lowest(tmp_path, monkeypatch, recwarn):
+    """GAAF diverges at too large a rate: the run is a result of the grid (its cell says so), not a failure."""
+    from lightning_gaaf.datamodules.synthetic import write_mnist
+
+    write_mnist(tmp_path / "data", n_train=1000, n_test=200, variant="FashionMNIST")
+    monkeypatch.setattr(lr_study_module, "ProcessPoolExecutor", InProcessExecutor)
+    argv = [
+        "--cnn-study", "--quick", "--grid", "50", "--max-extensions", "0", "--models", "gaaf", "--seeds", "1",
+        "--train-size", "300", "--data-dir", str(tmp_path / "data"),
+        "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    proc = run_program(reproduce_main, argv, tmp_path, env)
+    assert any("the run diverged" in str(w.message) for w in recwarn)  # the fit's own warning
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "fashion_mnist/small_cnn/n300/gaaf_lr50_seed0: diverged (" in proc.stdout
+    assert "trained 1 run(s); 0 failed" in proc.stdout
+    folder = tmp_path / "out" / "fashion_mnist" / "small_cnn" / "n300"
+    record = json.loads((folder / "runs" / "gaaf_lr50_seed0.json").read_text())
+    assert record["diverged"]["key"] and record["best_val_loss"] is None
+    assert lp.score(record) == (-np.inf, -np.inf)
+    assert row((folder / "tables.md").read_text(), "| gaaf | ")[1] == "diverged"

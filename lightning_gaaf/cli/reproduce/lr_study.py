@@ -160,12 +160,27 @@ def job_for(args: argparse.Namespace, run: lp.Run) -> Job:
     return Job(run, tuple(fit_args(args, run, run_dir)), run_dir.parent / f"{run.name}.log")
 
 
+def diverged(outcome: Outcome) -> dict[str, Any] | None:
+    """The first non-finite value of a run that trained to its end but diverged, else None."""
+    from lightning_gaaf.run.result import DIVERGED_EXIT_CODE
+
+    result = outcome.result
+    if result is None or result.exit_code != DIVERGED_EXIT_CODE:
+        return None
+    return result.diverged
+
+
 def record_outcome(args: argparse.Namespace, run: lp.Run, outcome: Outcome) -> int:
-    """On success write the run's record and predictions into ``--out``; the run's exit code."""
-    if not outcome.ok:
+    """When the run finished, write its record and predictions into ``--out`` and return 0; else the
+    run's exit code. A run that diverged finished too: its record (``diverged``; no finite val/loss)
+    makes its rate score lowest, and the selection goes on without it."""
+    if not outcome.ok and diverged(outcome) is None:
         return (outcome.result.exit_code if outcome.result is not None else 0) or 1
     run_dir = outcome.result.run_dir
     record = summarize(args, run, run_dir, outcome.seconds)
+    if record is None:  # not tested: nothing to record
+        return 1
+    record["diverged"] = diverged(outcome)
     folder = study_dir(args.out, run.dataset, run.protocol, run.train_size)
     (folder / "predictions").mkdir(parents=True, exist_ok=True)
     from lightning_gaaf.callbacks.predictions import FILENAME as PREDICTIONS_FILE
@@ -305,8 +320,10 @@ def run_study(
             finished, _ = wait(running.values(), return_when=FIRST_COMPLETED)
             for run in [r for r, f in running.items() if f in finished]:
                 outcome = running.pop(run).result()
-                code, seconds = record_outcome(args, run, outcome), outcome.seconds
+                code, seconds, nan = record_outcome(args, run, outcome), outcome.seconds, diverged(outcome)
                 status = "ok" if code == 0 else f"FAILED (exit {code}; log in {args.work_dir})"
+                if code == 0 and nan:
+                    status = f"diverged ({nan['key']} was {nan['value']} at step {nan['step']}; recorded)"
                 print(f"{prog}: {label(run)}: {status} in {seconds:.0f} s", flush=True)
                 if code == 0:
                     trained += 1

@@ -211,7 +211,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     finish_study_arguments(parser, args)
-    args.studies = [(d, p) for d in args.datasets for p in args.protocols]
+    args.studies = [(d, p) for d in args.datasets for p in args.protocols if d in lp.PROTOCOLS[p].datasets]
     return args
 
 

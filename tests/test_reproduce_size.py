@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,16 +106,16 @@ def test_study_writes_a_record_with_the_training_set_accuracy_from_a_real_fit(tm
 
 def test_tables_compare_gaps_per_size_and_show_the_reused_full_split(tmp_path):
     lr_out = tmp_path / "lr_study"
-    full = [rec(m, 0.2, s, None, test_acc=98.0, train_acc=99.5) for m in lp.MODELS for s in range(2)]
-    full += [rec(m, lr, 0, None, acc=96.0) for m in lp.MODELS for lr in (0.025, 0.1, 0.4, 0.8)]
-    full += [rec(m, 0.05, 0, None, acc=98.5) for m in lp.MODELS]  # best on the study's grid, not on GRID
+    full = [rec(m, 0.2, s, None, test_acc=98.0, train_acc=99.5) for m in lp.MLP_MODELS for s in range(2)]
+    full += [rec(m, lr, 0, None, acc=96.0) for m in lp.MLP_MODELS for lr in (0.025, 0.1, 0.4, 0.8)]
+    full += [rec(m, 0.05, 0, None, acc=98.5) for m in lp.MLP_MODELS]  # best on the study's grid, not on GRID
     for r in full:
         path = lr_study_module.record_path(
             lr_out, lp.Run("mnist", "no_momentum", r["model"], r["lr"], r["seed"])
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(r))
-    small = [rec(m, lr, 0, 1000, acc=90.0) for m in lp.MODELS for lr in (0.1, 0.4)]
+    small = [rec(m, lr, 0, 1000, acc=90.0) for m in lp.MLP_MODELS for lr in (0.1, 0.4)]
     base_gap, gaaf_gap = (10.0, 12.0, 11.0), (6.0, 7.0, 9.0)  # gaaf - base: -4, -5, -2
     for s in range(3):
         small.append(rec("base", 0.2, s, 1000, acc=91.0, test_acc=90.0, train_eval_acc=90.0 + base_gap[s]))
@@ -145,3 +146,6 @@ def test_tables_compare_gaps_per_size_and_show_the_reused_full_split(tmp_path):
     assert "adjusted across the 6 comparisons of this table" in section
     assert "adjusted across the 3 comparisons of this table" in section
     assert "--size-study --datasets mnist --protocol no_momentum --train-sizes 1000 --reuse-lr-study" in text
+    # every line, against the file kept beside the tests (change it only with a change meant to show)
+    expected = (Path(__file__).parent / "expected" / "size_tables_mnist_no_momentum.md").read_text()
+    assert text.replace(str(tmp_path), "<tmp>").splitlines() == expected.splitlines()

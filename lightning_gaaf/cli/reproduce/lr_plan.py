@@ -1,15 +1,18 @@
-"""The learning-rate study's plan: which runs exist, which one each model's selection picks, what is next.
+"""The learning-rate studies' plan: which runs exist, which one each model's selection picks, what is next.
 
-Pure functions over the finished runs' records (no training, no files), so that the study can be
-planned again from whatever has finished: after an interruption, or while runs are in flight.
+:data:`PROTOCOLS` says what each protocol trains (configs, models, initial grid, whether the control
+runs) and what its tables compare (comparisons, validation-accuracy targets per dataset). Pure
+functions over the finished runs' records (no training, no files), so that a study can be planned
+again from whatever has finished: after an interruption, or while runs are in flight.
 
 Per dataset, protocol and model: one run (seed 0) at every point of a log grid of learning rates;
 the rate whose run scores best on validation is selected (:func:`score`); when that rate is at an
 edge of the grid, the grid grows by one step (factor :data:`GRID_FACTOR`) on that side, at most
 ``max_extensions`` times per side. Once the selection is final, seeds 1..N-1 run at the selected
-rate, and the control (base with GAAF's per-layer gradient ratios as learning-rate factors) runs
-seeds 0..N-1 at GAAF's selected rate: if GAAF's advantage is only a bigger effective step, base with
-those per-layer steps trains like GAAF at the same nominal rate. The test set is never read here.
+rate, and, in the protocols that have it, the control (base with GAAF's per-layer gradient ratios
+as learning-rate factors) runs seeds 0..N-1 at GAAF's selected rate: if GAAF's advantage is only a
+bigger effective step, base with those per-layer steps trains like GAAF at the same nominal rate.
+The test set is never read here.
 """
 
 from __future__ import annotations
@@ -19,21 +22,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-MODELS = ("base", "dropout", "gaaf")
 CONTROL = "base_lrscale"
-#: protocol -> stem prefix of the configs it trains (``<prefix>_<model>.yaml``) and its description.
-PROTOCOLS = {
-    "no_momentum": ("mnist_slow", "SGD without momentum"),
-    "momentum": ("mnist", "SGD with momentum 0.9"),
-}
-#: The initial grids (factor 2 apart): wide enough that each model's best should lie inside.
-GRIDS = {
-    "no_momentum": (0.025, 0.05, 0.1, 0.2, 0.4, 0.8),
-    "momentum": (0.00625, 0.0125, 0.025, 0.05, 0.1, 0.2),
-}
 GRID_FACTOR = 2.0
-#: Validation accuracy targets (%), fixed before any run.
-TARGETS = {"mnist": (97.0, 97.5, 98.0), "fashion_mnist": (86.0, 88.0, 89.0)}
+#: The paper's MLP (``base``, ``dropout`` 0.5, ``gaaf``) on MNIST and Fashion-MNIST.
+MLP_MODELS = ("base", "dropout", "gaaf")
+MLP_DATASETS = ("mnist", "fashion_mnist")
+#: Validation accuracy targets (%) of the MLP, fixed before any run.
+MLP_TARGETS = {"mnist": (97.0, 97.5, 98.0), "fashion_mnist": (86.0, 88.0, 89.0)}
+MLP_COMPARISONS = (("gaaf", "base"), ("gaaf", "dropout"), ("dropout", "base"), (CONTROL, "gaaf"))
 #: GAAF / base gradient information per layer, mean over 3 seeds (docs/results/mnist_slow/table2.md).
 GAAF_GRAD_RATIO = {
     "backbone.fc1": round(2.631e-03 / 5.989e-04, 3),
@@ -41,6 +37,68 @@ GAAF_GRAD_RATIO = {
     "backbone.fc3": round(5.023e-04 / 3.588e-04, 3),
     "backbone.out": round(1.290e-03 / 1.394e-03, 3),
 }
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What one protocol of the per-model learning-rate studies trains, and how its tables compare it."""
+
+    #: stem prefix of the published configs it trains: ``<prefix>_<model>.yaml``
+    prefix: str
+    description: str
+    models: tuple[str, ...]
+    #: the initial grid (factor :data:`GRID_FACTOR` apart): wide enough that each model's best should lie inside
+    grid: tuple[float, ...]
+    #: the paired comparisons ``a - b`` of its tables, in their order
+    comparisons: tuple[tuple[str, str], ...]
+    #: whether the control (:data:`CONTROL`: base with GAAF's per-layer gradient ratios) runs
+    control: bool
+    #: validation accuracy targets (%) per dataset, fixed before any run
+    targets: Mapping[str, tuple[float, ...]]
+    datasets: tuple[str, ...]
+
+    def config(self, model: str) -> str:
+        """The published config a model trains (the control trains base's)."""
+        return f"{self.prefix}_{'base' if model == CONTROL else model}.yaml"
+
+
+#: Every protocol the studies know, by name.
+PROTOCOLS = {
+    "no_momentum": Protocol(
+        prefix="mnist_slow",
+        description="SGD without momentum",
+        models=MLP_MODELS,
+        grid=(0.025, 0.05, 0.1, 0.2, 0.4, 0.8),
+        comparisons=MLP_COMPARISONS,
+        control=True,
+        targets=MLP_TARGETS,
+        datasets=MLP_DATASETS,
+    ),
+    "momentum": Protocol(
+        prefix="mnist",
+        description="SGD with momentum 0.9",
+        models=MLP_MODELS,
+        grid=(0.00625, 0.0125, 0.025, 0.05, 0.1, 0.2),
+        comparisons=MLP_COMPARISONS,
+        control=True,
+        targets=MLP_TARGETS,
+        datasets=MLP_DATASETS,
+    ),
+    # Table 5's question on Fashion-MNIST: the SVHN SmallCNN on 28x28 grayscale, with and without
+    # batch-norm and GAAF (configs/fashion_mnist_cnn_*.yaml).
+    "small_cnn": Protocol(
+        prefix="fashion_mnist_cnn",
+        description="SmallCNN, SGD with momentum 0.9, weight decay 5e-4, cosine decay",
+        models=("base", "bn", "gaaf", "bn_gaaf"),
+        grid=(0.00625, 0.0125, 0.025, 0.05, 0.1),
+        comparisons=(("gaaf", "base"), ("bn_gaaf", "bn"), ("bn", "base"), ("bn_gaaf", "base")),
+        control=False,
+        targets={"fashion_mnist": (88.0, 89.0, 90.0)},
+        datasets=("fashion_mnist",),
+    ),
+}
+#: The protocols of the paper's MLP (the learning-rate and size studies').
+MLP_PROTOCOLS = ("no_momentum", "momentum")
 SELECTION = (
     "seed-0 run with the highest val/acc at its lowest-val/loss epoch (the checkpoint that is tested); "
     "ties go to the lower val/loss; a run whose val/loss is never finite scores lowest"
@@ -64,9 +122,9 @@ class Run:
         return f"{self.model}_lr{lr_label(self.lr)}_seed{self.seed}"
 
     @property
-    def config_model(self) -> str:
-        """The published config the run trains (the control trains base's)."""
-        return "base" if self.model == CONTROL else self.model
+    def config(self) -> str:
+        """The published config the run trains (``<prefix>_<model>.yaml``; the control trains base's)."""
+        return PROTOCOLS[self.protocol].config(self.model)
 
 
 def lr_label(lr: float) -> str:
@@ -153,21 +211,24 @@ def plan(
     seeds: int,
     max_extensions: int = 2,
     control: bool = True,
-    grids: Mapping[str, Sequence[float]] = GRIDS,
-    models: Sequence[str] = MODELS,
+    grids: Mapping[str, Sequence[float]] | None = None,
+    models: Sequence[str] | None = None,
 ) -> list[Run]:
     """Runs that can start now and have not finished, in priority order (``studies`` order first).
 
-    Grid runs come first within a study, then the seeds of models whose selection is final, then the
-    control once GAAF's selection is final.
+    Per study the protocol's models (those of them in ``models``, when given), each on ``grids[protocol]``
+    (default the protocol's grid). Grid runs come first within a study, then the seeds of models whose
+    selection is final, then the control (when ``control`` and the protocol has one) once GAAF's
+    selection is final.
     """
     done = index(records)
     todo: list[Run] = []
     for dataset, protocol in studies:
         grid_runs, seed_runs = [], []
-        for model in models:
+        proto = PROTOCOLS[protocol]
+        for model in [m for m in proto.models if models is None or m in models]:
             grid0 = done.get((dataset, protocol, model, 0), {})
-            sel = select(grids[protocol], grid0, max_extensions)
+            sel = select(initial_grid(protocol, grids), grid0, max_extensions)
             grid_runs += [Run(dataset, protocol, model, lr, 0) for lr in sel.grid if not _has(grid0, lr)]
             if not sel.final or sel.best_lr is None:
                 continue
@@ -176,7 +237,7 @@ def plan(
                 for s in range(1, seeds)
                 if not _has(done.get((dataset, protocol, model, s), {}), sel.best_lr)
             ]
-            if control and model == "gaaf":
+            if control and proto.control and model == "gaaf":
                 seed_runs += [
                     Run(dataset, protocol, CONTROL, sel.best_lr, s)
                     for s in range(seeds)
@@ -191,12 +252,18 @@ def selections(
     protocol: str,
     records: Iterable[Mapping[str, Any]],
     max_extensions: int = 2,
-    grids: Mapping[str, Sequence[float]] = GRIDS,
+    grids: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, Selection]:
-    """Each model's selection from the finished runs (for the tables); models without runs left out."""
+    """Each of the protocol's models' selection from the finished runs (for the tables); models
+    without runs left out."""
     done = index(records)
     return {
-        m: select(grids[protocol], done[key], max_extensions)
-        for m in MODELS
+        m: select(initial_grid(protocol, grids), done[key], max_extensions)
+        for m in PROTOCOLS[protocol].models
         if (key := (dataset, protocol, m, 0)) in done
     }
+
+
+def initial_grid(protocol: str, grids: Mapping[str, Sequence[float]] | None = None) -> Sequence[float]:
+    """``grids[protocol]`` when given (``--grid``), else the protocol's own grid."""
+    return grids[protocol] if grids is not None and protocol in grids else PROTOCOLS[protocol].grid

@@ -15,7 +15,7 @@ its per-image test predictions ``predictions/<same name>.npz``; run directories 
 to ``--work-dir``. Rerunning the command skips finished runs and restarts unfinished ones; the
 tables and figures (:mod:`.lr_tables`) are rebuilt after every run, and on demand from
 whatever JSONs exist with ``--tables-only``. The runner (:func:`run_study`) and the records serve
-the training-set size study too (:mod:`.size_study`).
+the training-set size study (:mod:`.size_study`) and the CNN study (:mod:`.cnn_study`) too.
 """
 
 from __future__ import annotations
@@ -77,9 +77,8 @@ def load_records(out: Path) -> list[dict[str, Any]]:
 
 def fit_args(args: argparse.Namespace, run: lp.Run, run_dir: Path) -> list[str]:
     """The ``gaaf-fit`` command line of one run: the published config, the run's rate and seed."""
-    prefix = lp.PROTOCOLS[run.protocol][0]
     cmd = [
-        "--config", str(args.configs / f"{prefix}_{run.config_model}.yaml"),
+        "--config", str(args.configs / run.config),
         "--run_dir", str(run_dir), "--seed_everything", str(run.seed),
         "--data.class_path", DATAMODULE[run.dataset],
         "--model.optimizer.init_args.lr", repr(run.lr),
@@ -129,11 +128,10 @@ def summarize(args: argparse.Namespace, run: lp.Run, run_dir: Path, seconds: flo
     finite = [e for e in epochs if e["val_loss"] is not None]
     best = min(finite, key=lambda e: e["val_loss"]) if finite else None
     grad = find_stats_file(run_dir / "stats", "grad_info")
-    prefix = lp.PROTOCOLS[run.protocol][0]
     return {
         "dataset": run.dataset, "protocol": run.protocol, "model": run.model, "lr": run.lr, "seed": run.seed,
         "train_size": run.train_size,
-        "config": f"configs/{prefix}_{run.config_model}.yaml",
+        "config": f"configs/{run.config}",
         "layer_lr_scale": lp.GAAF_GRAD_RATIO if run.model == lp.CONTROL else None,
         "max_epochs": args.max_epochs, "patience": args.patience, "quick": args.quick,
         "epochs_trained": len(epochs), "hit_cap": len(epochs) >= args.max_epochs,
@@ -162,12 +160,27 @@ def job_for(args: argparse.Namespace, run: lp.Run) -> Job:
     return Job(run, tuple(fit_args(args, run, run_dir)), run_dir.parent / f"{run.name}.log")
 
 
+def diverged(outcome: Outcome) -> dict[str, Any] | None:
+    """The first non-finite value of a run that trained to its end but diverged, else None."""
+    from lightning_gaaf.run.result import DIVERGED_EXIT_CODE
+
+    result = outcome.result
+    if result is None or result.exit_code != DIVERGED_EXIT_CODE:
+        return None
+    return result.diverged
+
+
 def record_outcome(args: argparse.Namespace, run: lp.Run, outcome: Outcome) -> int:
-    """On success write the run's record and predictions into ``--out``; the run's exit code."""
-    if not outcome.ok:
+    """When the run finished, write its record and predictions into ``--out`` and return 0; else the
+    run's exit code. A run that diverged finished too: its record (``diverged``; no finite val/loss)
+    makes its rate score lowest, and the selection goes on without it."""
+    if not outcome.ok and diverged(outcome) is None:
         return (outcome.result.exit_code if outcome.result is not None else 0) or 1
     run_dir = outcome.result.run_dir
     record = summarize(args, run, run_dir, outcome.seconds)
+    if record is None:  # not tested: nothing to record
+        return 1
+    record["diverged"] = diverged(outcome)
     folder = study_dir(args.out, run.dataset, run.protocol, run.train_size)
     (folder / "predictions").mkdir(parents=True, exist_ok=True)
     from lightning_gaaf.callbacks.predictions import FILENAME as PREDICTIONS_FILE
@@ -190,21 +203,37 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--datasets", nargs="+", choices=sorted(DATAMODULE), default=["mnist", "fashion_mnist"]
     )
-    parser.add_argument("--protocols", nargs="+", choices=list(lp.PROTOCOLS), default=list(lp.PROTOCOLS))
+    protocols = list(lp.MLP_PROTOCOLS)
+    parser.add_argument("--protocols", nargs="+", choices=protocols, default=protocols)
     parser.add_argument("--no-control", action="store_true", help="skip the per-layer-lr control of base")
-    add_study_arguments(parser, max_epochs=100, out="reproduce/lr_study", work_dir="runs/lr_study")
+    add_study_arguments(
+        parser, models=lp.MLP_MODELS, max_epochs=100, out="reproduce/lr_study", work_dir="runs/lr_study"
+    )
     args = parser.parse_args(argv)
     finish_study_arguments(parser, args)
-    args.studies = [(d, p) for d in args.datasets for p in args.protocols]
+    args.studies = [(d, p) for d in args.datasets for p in args.protocols if d in lp.PROTOCOLS[p].datasets]
     return args
 
 
-def add_study_arguments(parser: argparse.ArgumentParser, *, max_epochs: int, out: str, work_dir: str) -> None:
-    """The options a study of per-model learning rates shares (this one and the size study)."""
-    parser.add_argument("--models", nargs="+", choices=lp.MODELS, default=list(lp.MODELS))
+def add_study_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    models: Sequence[str],
+    max_epochs: int,
+    out: str,
+    work_dir: str,
+    seeds: int = 5,
+) -> None:
+    """The options a study of per-model learning rates shares (this one, the size and the CNN study);
+    ``models``: the models of the study's protocols, the choices of ``--models``."""
+    parser.add_argument(
+        "--models", nargs="+", choices=list(models), default=list(models), help="default: all of them"
+    )
     parser.add_argument("--grid", nargs="+", type=float, default=None, help="initial grid for every protocol")
     parser.add_argument("--max-extensions", type=int, default=2, help="grid steps added per edge; default 2")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per model at its rate; default 5")
+    parser.add_argument(
+        "--seeds", type=int, default=seeds, help=f"seeds per model at its rate; default {seeds}"
+    )
     parser.add_argument(
         "--max-epochs", type=int, default=max_epochs, help=f"epoch cap per run; default {max_epochs}"
     )
@@ -213,7 +242,9 @@ def add_study_arguments(parser: argparse.ArgumentParser, *, max_epochs: int, out
     parser.add_argument("--out", default=out, help="result JSONs and tables")
     parser.add_argument("--work-dir", default=work_dir, help="run directories (checkpoints, logs)")
     parser.add_argument("--data-dir", default=None, help="dataset root; default $GAAF_DATA_DIR")
-    parser.add_argument("--configs", default=None, help="folder with the mnist*_*.yaml configs")
+    parser.add_argument(
+        "--configs", default=None, help="folder with the study's configs; default the bundled ones"
+    )
     parser.add_argument("--val-size", type=int, default=None, help="validation images; default the config's")
     parser.add_argument("--tables-only", action="store_true", help="rebuild tables/figures from the JSONs")
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 epochs of a few batches")
@@ -228,7 +259,7 @@ def finish_study_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         parser.error("--seeds, --max-epochs, --patience and --jobs must be >= 1, --max-extensions >= 0")
     if args.grid is not None and min(args.grid) <= 0:
         parser.error("--grid: learning rates must be > 0")
-    args.grids = {p: tuple(args.grid) for p in lp.PROTOCOLS} if args.grid else dict(lp.GRIDS)
+    args.grids = {p: tuple(args.grid) if args.grid else proto.grid for p, proto in lp.PROTOCOLS.items()}
     args.data_dir = args.data_dir or os.environ.get("GAAF_DATA_DIR")
     args.configs = Path(args.configs) if args.configs else configs_dir()
     args.out, args.work_dir = Path(args.out), Path(args.work_dir)
@@ -241,7 +272,7 @@ def study_main(
     write_tables: Callable[[argparse.Namespace, list[dict[str, Any]]], list[Path]],
 ) -> None:
     """``--tables-only`` rebuilds the tables; otherwise the study runs (and rebuilds them as runs end)."""
-    check_configs(prog, args.configs)
+    check_configs(prog, args.configs, args.protocols, args.models)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.tables_only:
         written = write_tables(args, load_records(args.out))
@@ -250,14 +281,10 @@ def study_main(
     run_study(prog, args, todo, write_tables)
 
 
-def check_configs(prog: str, configs: Path) -> None:
-    """One clear error when a published config the studies train is missing."""
-    missing = [
-        f"{prefix}_{m}.yaml"
-        for prefix, _ in lp.PROTOCOLS.values()
-        for m in lp.MODELS
-        if not (configs / f"{prefix}_{m}.yaml").is_file()
-    ]
+def check_configs(prog: str, configs: Path, protocols: Sequence[str], models: Sequence[str]) -> None:
+    """One clear error when a published config the study trains (its protocols' ``models``) is missing."""
+    names = [lp.PROTOCOLS[p].config(m) for p in protocols for m in lp.PROTOCOLS[p].models if m in models]
+    missing = [name for name in names if not (configs / name).is_file()]
     if missing:
         raise SystemExit(f"{prog}: error: {', '.join(missing)} not found in {configs}; pass --configs DIR")
 
@@ -293,8 +320,10 @@ def run_study(
             finished, _ = wait(running.values(), return_when=FIRST_COMPLETED)
             for run in [r for r, f in running.items() if f in finished]:
                 outcome = running.pop(run).result()
-                code, seconds = record_outcome(args, run, outcome), outcome.seconds
+                code, seconds, nan = record_outcome(args, run, outcome), outcome.seconds, diverged(outcome)
                 status = "ok" if code == 0 else f"FAILED (exit {code}; log in {args.work_dir})"
+                if code == 0 and nan:
+                    status = f"diverged ({nan['key']} was {nan['value']} at step {nan['step']}; recorded)"
                 print(f"{prog}: {label(run)}: {status} in {seconds:.0f} s", flush=True)
                 if code == 0:
                     trained += 1

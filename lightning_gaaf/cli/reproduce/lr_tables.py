@@ -3,9 +3,9 @@
 Per dataset and protocol, ``<out>/<dataset>/<protocol>/tables.md`` holds (1) the learning-rate
 selection: every grid point's validation score per model and the selected rate; (2) epochs,
 optimizer steps and wall time to each validation-accuracy target at each model's own rate, mean
-(sample std) over seeds, and the paired-by-seed comparisons (:data:`COMPARISONS`, Holm over the
-table; a run that never reaches a target is censored at the epoch cap); (3) the best-epoch (lowest
-val/loss) test accuracy with the same comparisons, plus McNemar and a bootstrap over images
+(sample std) over seeds, and the paired-by-seed comparisons (the protocol's ``comparisons``, Holm
+over the table; a run that never reaches a target is censored at the epoch cap); (3) the best-epoch
+(lowest val/loss) test accuracy with the same comparisons, plus McNemar and a bootstrap over images
 (:mod:`.comparisons`). ``val_acc.png`` shows the validation-accuracy curves at each model's
 selected rate, mean over seeds with a min-max band.
 """
@@ -21,10 +21,6 @@ from typing import Any
 from lightning_gaaf.cli.reproduce import comparisons as cm
 from lightning_gaaf.cli.reproduce import lr_plan as lp
 from lightning_gaaf.cli.reproduce.statistics import format_mean_std
-
-ROWS = (*lp.MODELS, lp.CONTROL)
-#: The comparisons of every table, ``a - b``: GAAF against each, dropout against base, the control against GAAF.
-COMPARISONS = (("gaaf", "base"), ("gaaf", "dropout"), ("dropout", "base"), (lp.CONTROL, "gaaf"))
 
 
 def to_targets(epochs: Sequence[Mapping[str, Any]], targets: Sequence[float]) -> dict[float, dict | None]:
@@ -62,14 +58,15 @@ def selected_runs(
     dataset: str,
     protocol: str,
     max_extensions: int,
-    grids: Mapping[str, Sequence[float]],
+    grids: Mapping[str, Sequence[float]] | None,
     control: bool = True,
 ) -> tuple[dict[str, lp.Selection], dict[str, list[Mapping]]]:
-    """Each model's selection and its runs at the selected rate (once the selection is final; the
-    control's at GAAF's rate), by seed."""
+    """Each of the protocol's models' selection and its runs at the selected rate (once the selection
+    is final; the control's at GAAF's rate, when the protocol has it), by seed."""
+    proto = lp.PROTOCOLS[protocol]
     sels = lp.selections(dataset, protocol, records, max_extensions, grids)
-    finals = {m: _final_runs(records, m, sels[m].best_lr if m in sels else None) for m in lp.MODELS}
-    if control and "gaaf" in sels and sels["gaaf"].final:
+    finals = {m: _final_runs(records, m, sels[m].best_lr if m in sels else None) for m in proto.models}
+    if control and proto.control and "gaaf" in sels and sels["gaaf"].final:
         finals[lp.CONTROL] = _final_runs(records, lp.CONTROL, sels["gaaf"].best_lr)
     finals = {m: [r for r in runs if m == lp.CONTROL or sels[m].final] for m, runs in finals.items()}
     return sels, finals
@@ -140,11 +137,16 @@ def to_target(record: Mapping[str, Any], target: float, unit: str = "epoch") -> 
     return float(cap), True
 
 
-def time_table(finals: Mapping[str, list[Mapping]], targets: Sequence[float], cap: int) -> list[str]:
+def time_table(
+    finals: Mapping[str, list[Mapping]],
+    targets: Sequence[float],
+    cap: int,
+    comparisons: Sequence[tuple[str, str]],
+) -> list[str]:
     """Paired-by-seed differences in epochs and optimizer steps to each target, Holm over the table."""
     rows = []
     for target in targets:
-        for a, b in COMPARISONS:
+        for a, b in comparisons:
             row = cm.paired(finals, a, b, lambda r, t=target: to_target(r, t))
             steps = cm.paired(finals, a, b, lambda r, t=target: to_target(r, t, "step"))
             rows.append({**row, "target": target, "steps": steps})
@@ -198,6 +200,7 @@ def figure(
     if not any(finals.values()):
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    highest = -math.inf
     for model, runs in finals.items():
         if not runs:
             continue
@@ -206,13 +209,18 @@ def figure(
         for i, r in enumerate(runs):
             vals = [np.nan if e["val_acc"] is None else e["val_acc"] for e in r["epochs"]]
             acc[i, : len(vals)] = vals
+        if np.isfinite(acc).any():
+            highest = max(highest, float(np.nanmax(acc)))
         x = np.arange(1, length + 1)
         mean = np.nanmean(acc, axis=0)  # every epoch up to the longest run has at least one value
         (line,) = ax.plot(x, mean, label=f"{model} (lr {lp.lr_label(runs[0]['lr'])}, n = {len(runs)})")
         ax.fill_between(x, np.nanmin(acc, axis=0), np.nanmax(acc, axis=0), color=line.get_color(), alpha=0.2)
     for target in targets:
         ax.axhline(target, color="grey", linestyle=":", linewidth=0.8)
-    ax.set_ylim(min(targets) - 3, 100 if max(targets) > 95 else max(targets) + 3)
+    top = 100 if max(targets) > 95 else max(targets) + 3
+    if highest > top:  # no curve cut off
+        top = math.ceil(highest)
+    ax.set_ylim(min(targets) - 3, top)
     ax.set_xscale("log")
     ticks = [t for t in (1, 2, 3, 5, 10, 20, 30, 50, 100, 200) if t <= ax.get_xlim()[1]]
     ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -260,57 +268,80 @@ def write_tables(args: argparse.Namespace, records: Sequence[Mapping[str, Any]])
     written = []
     for dataset, protocol in args.studies:
         recs = [r for r in records if r["dataset"] == dataset and r["protocol"] == protocol]
-        if not recs:
-            continue
-        folder = args.out / dataset / protocol
-        sels, finals = selected_runs(recs, dataset, protocol, args.max_extensions, args.grids)
-        targets = lp.TARGETS[dataset]
-        title = (
-            f"{dataset}, {lp.PROTOCOLS[protocol][1]}: each model at its own selected learning rate\n"
-            "line: mean over seeds; band: min-max over seeds"
-        )
-        lines = [
-            f"# Learning-rate study: {dataset}, {lp.PROTOCOLS[protocol][1]}",
-            "",
-            f"{len(recs)} finished runs; cap {args.max_epochs} epochs, early stopping on val/loss "
-            f"(patience {args.patience}). Generated from the run records by `{tables_command(args)}`.",
-            "",
-            "## 1. Learning-rate selection (validation only)",
-            "",
-            f"Criterion: {lp.SELECTION}. Cells: val acc % at the best epoch / lowest val loss / that epoch; bold = selected.",
-            "",
-            *selection_table(sels, recs),
-            "",
-            "## 2. Time to validation-accuracy targets, each model at its selected rate",
-            "",
-            "Mean (sample std) over the seeds that reached the target; wall / CPU time = sum over the "
-            "epochs up to the target of their training+validation time (wall: 2 runs at nice 19 on 2 "
-            "cores shared with other work, very noisy; CPU time of the run's process: less so; "
-            "optimizer steps: exact).",
-            "",
-            *target_table(finals, targets),
-            "",
-            *time_table(finals, targets, args.max_epochs),
-            "",
-            "## 3. Test accuracy at the best-val/loss epoch (read once per run, never used to choose)",
-            "",
-            *test_table(finals),
-            "",
-            *cm.accuracy_table(
-                rows := cm.accuracy_rows(finals, COMPARISONS, folder),
-                "Paired differences in test accuracy at the best epoch, each model at its own rate:",
-            ),
-            "",
-            cm.ACCURACY_NOTE.format(m=len(rows)),
-            "",
+        if recs:
+            heading = f"Learning-rate study: {dataset}, {lp.PROTOCOLS[protocol].description}"
+            written += study_tables(
+                args, dataset, protocol, recs, args.out / dataset / protocol, heading, tables_command(args)
+            )
+    return written
+
+
+def study_tables(
+    args: argparse.Namespace,
+    dataset: str,
+    protocol: str,
+    recs: Sequence[Mapping[str, Any]],
+    folder: Path,
+    heading: str,
+    command: str,
+    budget: str = "",
+) -> list[Path]:
+    """Write ``folder``/tables.md (under ``# heading``; ``budget`` opens its first paragraph) and
+    val_acc.png of one study's records ``recs``; returns the files written."""
+    proto = lp.PROTOCOLS[protocol]
+    sels, finals = selected_runs(recs, dataset, protocol, args.max_extensions, args.grids)
+    targets = proto.targets[dataset]
+    title = (
+        f"{dataset}, {proto.description}: each model at its own selected learning rate\n"
+        "line: mean over seeds; band: min-max over seeds"
+    )
+    control = (
+        [
             f"Control `{lp.CONTROL}`: base at GAAF's rate with per-layer factors {lp.GAAF_GRAD_RATIO} "
             "(GAAF/base gradient information, docs/results/mnist_slow/table2.md).",
             "",
         ]
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "tables.md").write_text("\n".join(lines))
-        written.append(folder / "tables.md")
-        png = figure(finals, targets, title, folder / "val_acc.png")
-        if png:
-            written.append(png)
-    return written
+        if proto.control
+        else []
+    )
+    lines = [
+        f"# {heading}",
+        "",
+        f"{budget}{len(recs)} finished runs; cap {args.max_epochs} epochs, early stopping on val/loss "
+        f"(patience {args.patience}). Generated from the run records by `{command}`.",
+        "",
+        "## 1. Learning-rate selection (validation only)",
+        "",
+        f"Criterion: {lp.SELECTION}. Cells: val acc % at the best epoch / lowest val loss / that epoch; bold = selected.",
+        "",
+        *selection_table(sels, recs),
+        "",
+        "## 2. Time to validation-accuracy targets, each model at its selected rate",
+        "",
+        "Mean (sample std) over the seeds that reached the target; wall / CPU time = sum over the "
+        "epochs up to the target of their training+validation time (wall: 2 runs at nice 19 on 2 "
+        "cores shared with other work, very noisy; CPU time of the run's process: less so; "
+        "optimizer steps: exact).",
+        "",
+        *target_table(finals, targets),
+        "",
+        *time_table(finals, targets, args.max_epochs, proto.comparisons),
+        "",
+        "## 3. Test accuracy at the best-val/loss epoch (read once per run, never used to choose)",
+        "",
+        *test_table(finals),
+        "",
+        *cm.accuracy_table(
+            rows := cm.accuracy_rows(finals, proto.comparisons, folder),
+            "Paired differences in test accuracy at the best epoch, each model at its own rate:",
+        ),
+        "",
+        cm.ACCURACY_NOTE.format(m=len(rows)),
+        "",
+        *control,
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tables.md").write_text("\n".join(lines))
+    written = [folder / "tables.md"]
+    png = figure(finals, targets, title, folder / "val_acc.png")
+    return written + ([png] if png else [])

@@ -23,7 +23,8 @@ three configs with the Fashion-MNIST DataModule. ``--protocol slow`` uses
 ``configs/mnist_slow_{base,dropout,gaaf}.yaml`` (plain SGD, no momentum: a slow regime of ours; the paper names no optimizer).
 ``--tune N`` compares the models after equal-budget tuning instead (:mod:`.tuned`);
 ``--lr-study`` gives each model its own learning rate chosen on validation (:mod:`.lr_study`);
-``--size-study`` does the same on 1 000 and 5 000 training images (:mod:`.size_study`).
+``--size-study`` does the same on 1 000 and 5 000 training images (:mod:`.size_study`);
+``--cnn-study`` does it for the Fashion-MNIST SmallCNN with and without batch-norm (:mod:`.cnn_study`).
 The configs are the bundled ones unless ``--configs DIR`` names another folder.
 """
 
@@ -54,6 +55,12 @@ DATAMODULE = {
 }
 #: protocol -> config file stem prefix (``<prefix>_<model>.yaml``)
 PROTOCOLS = {"paper": "mnist", "slow": "mnist_slow"}
+#: The studies with options of their own (``gaaf-reproduce --lr-study --help``), for ``--help``.
+STUDIES = """studies with their own options (gaaf-reproduce --lr-study --help, ...):
+  --lr-study    each MLP model at its own learning rate, with and without momentum
+  --size-study  the same on 1 000 and 5 000 training images
+  --cnn-study   the Fashion-MNIST SmallCNN with and without batch-norm and GAAF, each at its own rate
+"""
 QUICK_ARGS = [
     "--trainer.limit_train_batches", "8", "--trainer.limit_val_batches", "2",
     "--trainer.limit_test_batches", "2", "--trainer.log_every_n_steps", "2",
@@ -128,7 +135,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         from lightning_gaaf.cli.reproduce import size_study
 
         return size_study.main([a for a in argv if a != "--size-study"])
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    if "--cnn-study" in argv:  # the SmallCNN variants on Fashion-MNIST, each at its own rate (cnn_study)
+        from lightning_gaaf.cli.reproduce import cnn_study
+
+        return cnn_study.main([a for a in argv if a != "--cnn-study"])
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__.split("\n\n")[0],
+        epilog=STUDIES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("dataset", choices=sorted(DATAMODULE), help="which study to reproduce")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per model (0..N-1); default 5")
     parser.add_argument("--max-epochs", type=int, default=200, help="epoch cap per run; default 200")

@@ -38,6 +38,11 @@ TRAIN_SPLIT = 60000
 DEFAULT_VAL_SIZE = 10000
 
 
+def training_images(val_size: int | None) -> int:
+    """Images of the training split left after ``val_size`` (default the configs') are held out."""
+    return TRAIN_SPLIT - (DEFAULT_VAL_SIZE if val_size is None else val_size)
+
+
 def plan(args: argparse.Namespace, records: Sequence[dict[str, Any]]) -> list[lp.Run]:
     """Runs to start now: per dataset and size (smallest first) the learning-rate study's plan over
     that size's records, without the control."""
@@ -58,7 +63,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--datasets", nargs="+", choices=sorted(DATAMODULE), default=["mnist", "fashion_mnist"]
     )
-    parser.add_argument("--protocol", choices=list(lp.PROTOCOLS), default="no_momentum")
+    parser.add_argument("--protocol", choices=list(lp.MLP_PROTOCOLS), default="no_momentum")
     parser.add_argument(
         "--train-sizes", nargs="+", type=int, default=[1000, 5000], help="training images; default 1000 5000"
     )
@@ -66,10 +71,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--reuse-lr-study", default=None, metavar="DIR",
         help="the learning-rate study's --out: its runs are the whole training split's",
     )  # fmt: skip
-    add_study_arguments(parser, max_epochs=500, out="reproduce/size_study", work_dir="runs/size_study")
+    add_study_arguments(
+        parser, models=lp.MLP_MODELS, max_epochs=500, out="reproduce/size_study", work_dir="runs/size_study"
+    )
     args = parser.parse_args(argv)
     finish_study_arguments(parser, args)
-    args.full_size = TRAIN_SPLIT - (DEFAULT_VAL_SIZE if args.val_size is None else args.val_size)
+    args.protocols = [args.protocol]
+    args.full_size = training_images(args.val_size)
     bad = [n for n in args.train_sizes if not 1 <= n <= args.full_size]
     if bad:
         parser.error(f"--train-sizes: {bad} not in 1..{args.full_size} (the training split after validation)")

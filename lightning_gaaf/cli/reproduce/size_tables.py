@@ -3,8 +3,9 @@
 Per dataset, ``<out>/<dataset>/<protocol>/tables.md`` holds (1) each size's learning-rate selection;
 (2) per size and model at its selected rate: test accuracy and the generalisation gap (accuracy of
 the tested weights on their training images minus test accuracy), mean (sample std) over seeds;
-(3) per size, the paired comparisons GAAF - base, GAAF - dropout, dropout - base of test accuracy
-(t-test, McNemar, bootstrap over images; :mod:`.comparisons`) and of the gap, Holm within each table.
+(3) per size, the protocol's paired comparisons without the control (:func:`comparisons`: GAAF - base,
+GAAF - dropout, dropout - base) of test accuracy (t-test, McNemar, bootstrap over images;
+:mod:`.comparisons`) and of the gap, Holm within each table.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from lightning_gaaf.cli.reproduce import lr_plan as lp
 from lightning_gaaf.cli.reproduce.lr_study import load_records, study_dir
 from lightning_gaaf.cli.reproduce.lr_tables import mean_std_cell, relative, selected_runs, selection_table
 
-COMPARISONS = (("gaaf", "base"), ("gaaf", "dropout"), ("dropout", "base"))
+
+def comparisons(protocol: str) -> tuple[tuple[str, str], ...]:
+    """The protocol's comparisons without the control's (the size study trains no control)."""
+    return tuple(c for c in lp.PROTOCOLS[protocol].comparisons if lp.CONTROL not in c)
 
 
 def gap(record: Mapping[str, Any]) -> float | None:
@@ -77,11 +81,11 @@ def running_gap(record: Mapping[str, Any]) -> float | None:
 GAPS = (("gap, tested weights", gap), ("running train - test", running_gap))
 
 
-def gap_table(finals: Mapping[str, list[Mapping]]) -> list[str]:
-    """Paired differences of both gaps (:data:`GAPS`) for every comparison, Holm over the table."""
+def gap_table(finals: Mapping[str, list[Mapping]], pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """Paired differences of both gaps (:data:`GAPS`) for every comparison in ``pairs``, Holm over the table."""
     rows = []
     for label, measure in GAPS:
-        for a, b in COMPARISONS:
+        for a, b in pairs:
             row = cm.paired(finals, a, b, lambda r, f=measure: None if f(r) is None else (f(r), False))
             rows.append({**row, "measure": label})
     cm.with_holm(rows)
@@ -119,8 +123,8 @@ def write_tables(args: argparse.Namespace, records: Sequence[Mapping[str, Any]])
         for size, recs, root, is_reused in sources:
             if not recs:
                 continue
-            # the learning-rate study's runs were planned on its own (default) grid, not on --grid
-            grids = lp.GRIDS if is_reused else args.grids
+            # the learning-rate study's runs were planned on the protocol's own grid, not on --grid
+            grids = None if is_reused else args.grids
             sels, finals = selected_runs(recs, dataset, protocol, args.max_extensions, grids, control=False)
             folder = study_dir(root, dataset, protocol, None if is_reused else size)
             by_size[size] = (finals, folder, is_reused)
@@ -128,9 +132,10 @@ def write_tables(args: argparse.Namespace, records: Sequence[Mapping[str, Any]])
             selection += [f"### {size} training images{source}", "", *selection_table(sels, recs), ""]
         if not by_size:
             continue
+        pairs = comparisons(protocol)
         paired: list[str] = []  # one table per size and question: Holm within each
         for size, (finals, folder, _) in by_size.items():
-            rows = cm.accuracy_rows(finals, COMPARISONS, folder)
+            rows = cm.accuracy_rows(finals, pairs, folder)
             paired += [
                 f"### {size} training images",
                 "",
@@ -140,13 +145,13 @@ def write_tables(args: argparse.Namespace, records: Sequence[Mapping[str, Any]])
                 "",
                 "Generalisation gap, paired by seed: train - test accuracy of the tested weights, and the "
                 "running train accuracy of the best epoch - test accuracy; p: paired t-test; p (Holm): adjusted "
-                f"across the {len(COMPARISONS) * len(GAPS)} comparisons of this table:",
+                f"across the {len(pairs) * len(GAPS)} comparisons of this table:",
                 "",
-                *gap_table(finals),
+                *gap_table(finals, pairs),
                 "",
             ]
         lines = [
-            f"# Training-set size study: {dataset}, {lp.PROTOCOLS[protocol][1]}",
+            f"# Training-set size study: {dataset}, {lp.PROTOCOLS[protocol].description}",
             "",
             f"{len(mine)} finished runs of this study"
             + (f", {len(sources[-1][1])} of the learning-rate study" if args.reuse_lr_study else "")

@@ -71,6 +71,14 @@ def test_diverged_runs_score_lowest_and_ties_go_to_the_lower_loss():
     assert lp.score({"best_val_acc": 98.0, "best_val_loss": 0.07}) > lp.score(
         {"best_val_acc": 98.0, "best_val_loss": 0.08}
     )
+    # a run that diverged after good epochs keeps their finite scores, but its rate is not stable
+    late = {
+        "best_val_acc": 98.5,
+        "best_val_loss": 0.05,
+        "diverged": {"key": "train/loss", "value": "nan", "step": 900},
+    }
+    assert lp.score(late) == (-math.inf, -math.inf)
+    assert lp.score({**late, "diverged": None}) == (98.5, -0.05)
 
 
 def test_control_follows_gaaf_selection_at_gaaf_rate():

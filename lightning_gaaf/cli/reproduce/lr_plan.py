@@ -101,7 +101,7 @@ PROTOCOLS = {
 MLP_PROTOCOLS = ("no_momentum", "momentum")
 SELECTION = (
     "seed-0 run with the highest val/acc at its lowest-val/loss epoch (the checkpoint that is tested); "
-    "ties go to the lower val/loss; a run whose val/loss is never finite scores lowest"
+    "ties go to the lower val/loss; a run that diverged or whose val/loss is never finite scores lowest"
 )
 
 
@@ -133,9 +133,12 @@ def lr_label(lr: float) -> str:
 
 
 def score(record: Mapping[str, Any]) -> tuple[float, float]:
-    """Selection key of a finished run (larger is better): (val acc at best epoch, -best val loss)."""
+    """Selection key of a finished run (larger is better): (val acc at best epoch, -best val loss).
+
+    A run that diverged scores lowest even when epochs before the divergence scored well: a rate at
+    which training blows up is not one to train the seeds at."""
     acc, loss = record.get("best_val_acc"), record.get("best_val_loss")
-    if loss is None or not math.isfinite(loss) or acc is None:
+    if record.get("diverged") or loss is None or not math.isfinite(loss) or acc is None:
         return (-math.inf, -math.inf)
     return (acc, -loss)
 

@@ -89,7 +89,7 @@ def fit_args(args: argparse.Namespace, run: lp.Run, run_dir: Path) -> list[str]:
         "--trainer.callbacks.mode=min", f"--trainer.callbacks.patience={args.patience}",
         "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.monitor=val/loss",
         "--trainer.callbacks.mode=min", f"--trainer.callbacks.dirpath={run_dir / 'checkpoints'}",
-        "--trainer.callbacks.filename=best-epoch{epoch:03d}", "--trainer.callbacks.save_top_k=1",
+        "--trainer.callbacks.filename=best-{epoch:03d}", "--trainer.callbacks.save_top_k=1",
     ]  # fmt: skip
     if run.model == lp.CONTROL:
         cmd += ["--model.layer_lr_scale", json.dumps(lp.GAAF_GRAD_RATIO)]

@@ -111,7 +111,7 @@ def run_args(args: argparse.Namespace, configs: Path, model: str, seed: int, run
         "--trainer.callbacks.monitor=val/loss",
         "--trainer.callbacks.mode=min",
         f"--trainer.callbacks.dirpath={run_dir / 'checkpoints'}",
-        "--trainer.callbacks.filename=best-epoch{epoch:03d}",
+        "--trainer.callbacks.filename=best-{epoch:03d}",
         "--trainer.callbacks.save_top_k=1",
         # Table 1: node correlations of every hidden layer on the test set, at the end of fit.
         "--trainer.callbacks+=lightning_gaaf.callbacks.NodeCorrelationMonitor",

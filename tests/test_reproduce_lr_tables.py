@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from lightning_gaaf.cli.reproduce import grad_gain
 from lightning_gaaf.cli.reproduce import lr_plan as lp
 from lightning_gaaf.cli.reproduce.lr_tables import write_tables
 
@@ -130,3 +131,26 @@ def test_the_whole_table_text_is_unchanged(tables, tmp_path):
     comparison order, number formats. Change that file only with a change meant to show in the tables."""
     expected = (EXPECTED / "lr_tables_mnist_no_momentum.md").read_text().splitlines()
     assert tables.replace(str(tmp_path), "<tmp>").splitlines() == expected
+
+
+def test_the_gain_table_shows_gaaf_over_base_gradient_per_layer_at_shared_rates():
+    """The check on the control's factors: measured GAAF / base ratios at every rate both trained."""
+    layers = list(lp.GAAF_GRAD_RATIO)
+    base = {layer: 1e-3 * (i + 1) for i, layer in enumerate(layers)}
+    gaaf = {layer: v * (4.0 - i) for i, (layer, v) in enumerate(base.items())}
+    recs = [{**record("base", lr, 0, {}, 90.0, score=98.0), "grad_info": base} for lr in (0.05, 0.1, 0.4)] + [
+        {**record("gaaf", 0.05, 0, {}, 90.0, score=98.25), "grad_info": gaaf},
+        {**record("gaaf", 0.1, 0, {}, 90.0, score=10.0), "grad_info": {**gaaf, layers[0]: float("nan")}},
+        {**record("gaaf", 0.2, 0, {}, 90.0), "grad_info": gaaf},  # no base run at 0.2: no row
+        {**record("gaaf", 0.4, 1, {}, 90.0), "grad_info": gaaf},  # not seed 0: no row
+    ]
+    lines = grad_gain.gain_table(recs)
+    assert lines[0].startswith(
+        "Control `base_lrscale`: base at GAAF's rate with per-layer factors fc1 4.393, "
+    )
+    rows = [line for line in lines if line.startswith("| 0")]
+    assert rows == [
+        "| 0.05 | 4.00 | 3.00 | 2.00 | 1.00 | 98.00 / 98.25 |",
+        "| 0.1 | n/a | 3.00 | 2.00 | 1.00 | 98.00 / 10.00 |",
+    ]
+    assert len(grad_gain.gain_table([r for r in recs if r["model"] == "base"])) == 2  # the factors alone

@@ -20,6 +20,7 @@ from typing import Any
 
 from lightning_gaaf.cli.reproduce import comparisons as cm
 from lightning_gaaf.cli.reproduce import lr_plan as lp
+from lightning_gaaf.cli.reproduce.grad_gain import gain_table
 from lightning_gaaf.cli.reproduce.statistics import format_mean_std
 
 
@@ -295,15 +296,6 @@ def study_tables(
         f"{dataset}, {proto.description}: each model at its own selected learning rate\n"
         "line: mean over seeds; band: min-max over seeds"
     )
-    control = (
-        [
-            f"Control `{lp.CONTROL}`: base at GAAF's rate with per-layer factors {lp.GAAF_GRAD_RATIO} "
-            "(GAAF/base gradient information, docs/results/mnist_slow/table2.md).",
-            "",
-        ]
-        if proto.control
-        else []
-    )
     lines = [
         f"# {heading}",
         "",
@@ -338,7 +330,7 @@ def study_tables(
         "",
         cm.ACCURACY_NOTE.format(m=len(rows)),
         "",
-        *control,
+        *(gain_table(recs) if proto.control else []),
     ]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tables.md").write_text("\n".join(lines))

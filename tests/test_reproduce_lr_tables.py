@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lightning_gaaf.cli.reproduce import grad_gain
+from lightning_gaaf.cli.reproduce import grad_gain, lr_tables
 from lightning_gaaf.cli.reproduce import lr_plan as lp
 from lightning_gaaf.cli.reproduce.lr_tables import write_tables
 
@@ -61,7 +61,7 @@ def tables(tmp_path: Path) -> str:
         records.append(record("gaaf", 0.2, seed, {97.0: gaaf_hits[seed], 98.0: 6}, 98.2 + 0.1 * seed,
                               correct=gaaf_correct[seed], folder=folder))  # fmt: skip
         dropout_hits = {97.0: 6} if seed == 1 else {97.0: 6, 98.0: 9}  # seed 1 never reaches 98
-        records.append(record("dropout", 0.2, seed, dropout_hits, 97.9))
+        records.append(record("dropout", 0.2, seed, dropout_hits, 97.9, length=14 if seed == 1 else 10))
     records.append(record(lp.CONTROL, 0.2, 0, {97.0: 7}, 97.5))  # one seed only
     records = [r | {"best_val_acc": 97.0} if r["lr"] == 0.2 and r["seed"] == 0 else r for r in records]
     args = argparse.Namespace(
@@ -89,11 +89,20 @@ def test_time_to_target_is_paired_by_seed_and_holm_adjusted(tables):
     assert "p (Holm): adjusted across the 12 comparisons of this table" in caption
 
 
-def test_a_run_that_never_reaches_a_target_is_censored_at_the_cap(tables):
-    assert row(tables, "| dropout | 0.2 | 98.0 |")[4] == f"9.0 (0.0); > {CAP} (1 run)"
+def test_a_run_that_never_reaches_a_target_is_censored_where_it_stopped_not_at_the_cap(tables):
+    """Early stopping ends most runs long before the cap: censoring at the cap would invent epochs."""
+    assert row(tables, "| dropout | 0.2 | 98.0 |")[4] == "9.0 (0.0); not reached (1 run; stopped at epoch 14)"
     cells = row(tables, "| dropout - base | 98.0 |")
-    # dropout 9, 20 (censored), 9 against base 8, 8, 8: differences 1, 12, 1
-    assert cells[2] == "3 (1)" and cells[3].startswith("+4.7 (6.4) [")
+    # dropout 9, 14 (stopped early, censored), 9 against base 8, 8, 8: differences 1, 6, 1
+    assert cells[2] == "3 (1)" and cells[3].startswith("+2.7 (2.9) [")
+    assert cells[4].startswith(f"+{round(8 / 3 * STEPS)} (")  # steps: censored at the last epoch's step
+
+
+def test_a_run_stopped_by_the_cap_says_so():
+    runs = [record("dropout", 0.2, s, {}, 97.0, length=n) for s, n in ((0, CAP), (1, CAP))]
+    assert lr_tables.not_reached_cell(runs) == f"not reached (2 runs; stopped at epoch {CAP} (the cap))"
+    runs[1] = record("dropout", 0.2, 1, {}, 97.0, length=12)
+    assert lr_tables.not_reached_cell(runs) == f"not reached (2 runs; stopped at epoch 12-{CAP})"
 
 
 def test_one_seed_cells_show_no_spread_and_too_few_pairs_say_so(tables):

@@ -103,8 +103,8 @@ def selection_table(sels: Mapping[str, lp.Selection], records: Sequence[Mapping[
 
 
 def target_table(finals: Mapping[str, list[Mapping]], targets: Sequence[float]) -> list[str]:
-    """Per model and target: how many seeds reached it and, over those, the time they took; the
-    epoch cap of the others (``> 100 (2 runs)``)."""
+    """Per model and target: how many seeds reached it and, over those, the time they took; for the
+    others, the epoch at which they stopped (early stopping or the cap) without reaching it."""
     lines = [
         "| model | lr | target val acc % | reached (of n) | epochs | optimizer steps | wall time s | CPU time s |",
         "|---|---|---|---|---|---|---|---|",
@@ -116,10 +116,8 @@ def target_table(finals: Mapping[str, list[Mapping]], targets: Sequence[float]) 
             hits = [to_targets(r["epochs"], targets)[target] for r in runs]
             got = [h for h in hits if h is not None]
             missed = [r for r, h in zip(runs, hits, strict=True) if h is None]
-            caps = sorted({r["max_epochs"] for r in missed})
-            out = f"> {'/'.join(map(str, caps))} ({len(missed)} run{'s' * (len(missed) > 1)})"
             reached = [mean_std_cell([h["epoch"] for h in got])] if got else []
-            epochs = "; ".join(reached + ([out] if missed else []))
+            epochs = "; ".join(reached + ([not_reached_cell(missed)] if missed else []))
             lines.append(
                 f"| {model} | {lp.lr_label(runs[0]['lr'])} | {target:.1f} | {len(got)}/{len(runs)} "
                 f"| {epochs} | {mean_std_cell([h['step'] for h in got], 0)} "
@@ -128,14 +126,23 @@ def target_table(finals: Mapping[str, list[Mapping]], targets: Sequence[float]) 
     return lines
 
 
+def not_reached_cell(missed: Sequence[Mapping[str, Any]]) -> str:
+    """``not reached (4 runs; stopped at epoch 21-26)``: runs that ended, by early stopping or at the
+    epoch cap, without reaching a target, and where they ended."""
+    last = sorted(r["epochs"][-1]["epoch"] for r in missed)
+    at = f"{last[0]}" if last[0] == last[-1] else f"{last[0]}-{last[-1]}"
+    capped = " (the cap)" if all(r["hit_cap"] for r in missed) else ""
+    return f"not reached ({len(missed)} run{'s' * (len(missed) > 1)}; stopped at epoch {at}{capped})"
+
+
 def to_target(record: Mapping[str, Any], target: float, unit: str = "epoch") -> cm.Measured:
-    """Epochs (or optimizer steps) to ``target``; a run that never reached it is censored at its
-    budget, the epoch cap (times the steps per epoch)."""
+    """Epochs (or optimizer steps) to ``target``; a run that never reached it is censored at the end
+    of its training: its last epoch, whether early stopping or the epoch cap ended it (its time to
+    the target, if it ever gets there, is later than that)."""
     hit = to_targets(record["epochs"], [target])[target]
     if hit is not None:
         return float(hit[unit]), False
-    cap = record["max_epochs"] * (record["steps_per_epoch"] if unit == "step" else 1)
-    return float(cap), True
+    return float(record["epochs"][-1][unit]), True
 
 
 def time_table(
@@ -153,9 +160,11 @@ def time_table(
             rows.append({**row, "target": target, "steps": steps})
     cm.with_holm(rows)
     lines = [
-        f"Paired by seed, each model at its own rate. A run that never reached a target counts as reaching "
-        f"it at the epoch cap ({cap} epochs; listed as > {cap} above), so a difference involving it is a "
-        "bound; a pair where neither run reached it is left out. p: paired t-test on epochs (the step "
+        "Paired by seed, each model at its own rate. A run that never reached a target (it stopped first: "
+        f"early stopping on val/loss, or the {cap}-epoch cap; `not reached` above) counts as reaching it at "
+        "its last epoch, so a difference involving it is a bound: the true difference, if that run would "
+        "ever get there, lies further towards the run that did; a pair where neither run reached it is "
+        "left out. p: paired t-test on epochs (the step "
         f"counts give the same test: steps per epoch are equal); p (Holm): adjusted across the {len(rows)} "
         "comparisons of this table. `n < 2`: fewer than two paired seeds.",
         "",

@@ -149,3 +149,25 @@ def test_tables_compare_gaps_per_size_and_show_the_reused_full_split(tmp_path):
     # every line, against the file kept beside the tests (change it only with a change meant to show)
     expected = (Path(__file__).parent / "expected" / "size_tables_mnist_no_momentum.md").read_text()
     assert text.replace(str(tmp_path), "<tmp>").splitlines() == expected.splitlines()
+
+
+def test_with_control_base_trains_at_gaafs_rate_of_each_size_and_the_tables_compare_it(tmp_path):
+    """``--control``: base with GAAF's per-layer factors, at the rate GAAF selected for that size."""
+    args = args_of("--datasets", "mnist", "--train-sizes", "1000", "--seeds", "2", "--control",
+                   "--out", str(tmp_path / "out"))  # fmt: skip
+    done = [
+        rec(m, lr, 0, 1000, acc=96.0 + (lr == (0.4 if m == "base" else 0.2)))
+        for m in lp.MLP_MODELS
+        for lr in GRID
+    ]
+    todo = [(r.model, r.lr, r.seed) for r in size_study.plan(args, done)]
+    assert (lp.CONTROL, 0.2, 0) in todo and (lp.CONTROL, 0.2, 1) in todo  # GAAF's rate, not base's 0.4
+    assert all(r.model != lp.CONTROL for r in size_study.plan(args_of("--datasets", "mnist"), done))
+    done += [rec(m, lr, 1, 1000, test_acc=90.0) for m, lr in (("base", 0.4), ("dropout", 0.2), ("gaaf", 0.2))]
+    done += [rec(lp.CONTROL, 0.2, s, 1000, test_acc=89.0 + s, train_eval_acc=99.0) for s in range(2)]
+    (path,) = write_tables(args, done)
+    text = path.read_text()
+    assert "--size-study --datasets mnist --protocol no_momentum --control --train-sizes 1000" in text
+    assert next(x for x in text.splitlines() if x.startswith(f"| 1000 | {lp.CONTROL} | 0.2 | 2 |"))
+    assert any(x.startswith(f"| {lp.CONTROL} - gaaf | 2 |") for x in text.splitlines())
+    assert any(x.startswith(f"| {lp.CONTROL} - gaaf | running train - test | 2 |") for x in text.splitlines())

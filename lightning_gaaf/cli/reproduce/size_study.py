@@ -45,14 +45,14 @@ def training_images(val_size: int | None) -> int:
 
 def plan(args: argparse.Namespace, records: Sequence[dict[str, Any]]) -> list[lp.Run]:
     """Runs to start now: per dataset and size (smallest first) the learning-rate study's plan over
-    that size's records, without the control."""
+    that size's records; the control (base with GAAF's per-layer factors at GAAF's rate) with ``--control``."""
     todo = []
     for dataset in args.datasets:
         for size in sorted(args.train_sizes):
             recs = [r for r in records if r.get("train_size") == size]
             runs = lp.plan(
                 [(dataset, args.protocol)], recs, args.seeds, args.max_extensions,
-                control=False, grids=args.grids, models=args.models,
+                control=args.control, grids=args.grids, models=args.models,
             )  # fmt: skip
             todo += [dataclasses.replace(r, train_size=size) for r in runs]
     return todo
@@ -70,6 +70,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--reuse-lr-study", default=None, metavar="DIR",
         help="the learning-rate study's --out: its runs are the whole training split's",
+    )  # fmt: skip
+    parser.add_argument(
+        "--control", action="store_true",
+        help="also train base with GAAF's per-layer gradient ratios as learning-rate factors, at GAAF's rate",
     )  # fmt: skip
     add_study_arguments(
         parser, models=lp.MLP_MODELS, max_epochs=500, out="reproduce/size_study", work_dir="runs/size_study"

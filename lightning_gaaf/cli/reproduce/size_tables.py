@@ -3,8 +3,8 @@
 Per dataset, ``<out>/<dataset>/<protocol>/tables.md`` holds (1) each size's learning-rate selection;
 (2) per size and model at its selected rate: test accuracy and the generalisation gap (accuracy of
 the tested weights on their training images minus test accuracy), mean (sample std) over seeds;
-(3) per size, the protocol's paired comparisons without the control (:func:`comparisons`: GAAF - base,
-GAAF - dropout, dropout - base) of test accuracy (t-test, McNemar, bootstrap over images;
+(3) per size, the protocol's paired comparisons (:func:`comparisons`: GAAF - base, GAAF - dropout,
+dropout - base, and the control - GAAF with ``--control``) of test accuracy (t-test, McNemar, bootstrap over images;
 :mod:`.comparisons`) and of the gap, Holm within each table.
 """
 
@@ -21,9 +21,9 @@ from lightning_gaaf.cli.reproduce.lr_study import load_records, study_dir
 from lightning_gaaf.cli.reproduce.lr_tables import mean_std_cell, relative, selected_runs, selection_table
 
 
-def comparisons(protocol: str) -> tuple[tuple[str, str], ...]:
-    """The protocol's comparisons without the control's (the size study trains no control)."""
-    return tuple(c for c in lp.PROTOCOLS[protocol].comparisons if lp.CONTROL not in c)
+def comparisons(protocol: str, control: bool = False) -> tuple[tuple[str, str], ...]:
+    """The protocol's comparisons; the control's only when the study trains it (``--control``)."""
+    return tuple(c for c in lp.PROTOCOLS[protocol].comparisons if control or lp.CONTROL not in c)
 
 
 def gap(record: Mapping[str, Any]) -> float | None:
@@ -43,7 +43,8 @@ def tables_command(args: argparse.Namespace) -> str:
     reuse = f"--reuse-lr-study {relative(args.reuse_lr_study)} " if args.reuse_lr_study else ""
     return (
         f"gaaf-reproduce --size-study --datasets {' '.join(args.datasets)} --protocol {args.protocol} "
-        f"--train-sizes {' '.join(map(str, args.train_sizes))} {reuse}--max-epochs {args.max_epochs} "
+        + ("--control " if args.control else "")
+        + f"--train-sizes {' '.join(map(str, args.train_sizes))} {reuse}--max-epochs {args.max_epochs} "
         f"--patience {args.patience} --max-extensions {args.max_extensions} "
         + (f"--grid {' '.join(map(repr, args.grid))} " if args.grid else "")
         + f"--out {relative(args.out)} --tables-only"
@@ -125,14 +126,16 @@ def write_tables(args: argparse.Namespace, records: Sequence[Mapping[str, Any]])
                 continue
             # the learning-rate study's runs were planned on the protocol's own grid, not on --grid
             grids = None if is_reused else args.grids
-            sels, finals = selected_runs(recs, dataset, protocol, args.max_extensions, grids, control=False)
+            sels, finals = selected_runs(
+                recs, dataset, protocol, args.max_extensions, grids, control=args.control
+            )
             folder = study_dir(root, dataset, protocol, None if is_reused else size)
             by_size[size] = (finals, folder, is_reused)
             source = " (the learning-rate study's runs)" if is_reused else ""
             selection += [f"### {size} training images{source}", "", *selection_table(sels, recs), ""]
         if not by_size:
             continue
-        pairs = comparisons(protocol)
+        pairs = comparisons(protocol, args.control)
         paired: list[str] = []  # one table per size and question: Holm within each
         for size, (finals, folder, _) in by_size.items():
             rows = cm.accuracy_rows(finals, pairs, folder)

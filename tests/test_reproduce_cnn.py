@@ -165,7 +165,7 @@ def test_tables_compare_the_variants_with_and_without_batch_norm(tmp_path):
         "them), 3 seeds per variant at its selected rate. 28 finished runs; cap 15 epochs"
     )
     assert (
-        "`gaaf-reproduce --cnn-study --train-size 10000 --max-epochs 15 --seeds 3 --patience 10" in lines[2]
+        "`gaaf-reproduce --cnn-study --train-size 10000 --seeds 3 --max-epochs 15 --patience 10" in lines[2]
     )
     assert row(text, "| gaaf | ")[-2:] == ["0.0125", "yes"]  # the selection table's row
     assert row(text, "| bn | ")[-2:] == ["0.1", "yes (best at high edge)"]

@@ -64,13 +64,11 @@ def budget(args: argparse.Namespace) -> str:
 
 def tables_command(args: argparse.Namespace) -> str:
     """The command that rebuilds these tables."""
-    from lightning_gaaf.cli.reproduce.lr_tables import relative
+    from lightning_gaaf.cli.reproduce.lr_tables import rebuild_options
 
     return (
-        f"gaaf-reproduce --cnn-study --train-size {args.train_size} --max-epochs {args.max_epochs} "
-        f"--seeds {args.seeds} --patience {args.patience} --max-extensions {args.max_extensions} "
-        + (f"--grid {' '.join(map(repr, args.grid))} " if args.grid else "")
-        + f"--out {relative(args.out)} --tables-only"
+        f"gaaf-reproduce --cnn-study --train-size {args.train_size} --seeds {args.seeds} "
+        + rebuild_options(args)
     )
 
 

@@ -263,13 +263,21 @@ def relative(path: Path) -> str:
     return (full.relative_to(Path.cwd()) if full.is_relative_to(Path.cwd()) else path).as_posix()
 
 
-def tables_command(args: argparse.Namespace) -> str:
-    """The command that rebuilds these tables (the output folder relative to the working directory)."""
+def rebuild_options(args: argparse.Namespace) -> str:
+    """The options every study's rebuild command ends with (the output folder relative to the
+    working directory)."""
     return (
-        f"gaaf-reproduce --lr-study --datasets {' '.join(args.datasets)} --protocols {' '.join(args.protocols)} "
         f"--max-epochs {args.max_epochs} --patience {args.patience} --max-extensions {args.max_extensions} "
         + (f"--grid {' '.join(map(repr, args.grid))} " if args.grid else "")
         + f"--out {relative(args.out)} --tables-only"
+    )
+
+
+def tables_command(args: argparse.Namespace) -> str:
+    """The command that rebuilds these tables."""
+    return (
+        f"gaaf-reproduce --lr-study --datasets {' '.join(args.datasets)} --protocols {' '.join(args.protocols)} "
+        + rebuild_options(args)
     )
 
 

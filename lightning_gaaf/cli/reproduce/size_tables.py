@@ -18,7 +18,13 @@ from typing import Any
 from lightning_gaaf.cli.reproduce import comparisons as cm
 from lightning_gaaf.cli.reproduce import lr_plan as lp
 from lightning_gaaf.cli.reproduce.lr_study import load_records, study_dir
-from lightning_gaaf.cli.reproduce.lr_tables import mean_std_cell, relative, selected_runs, selection_table
+from lightning_gaaf.cli.reproduce.lr_tables import (
+    mean_std_cell,
+    rebuild_options,
+    relative,
+    selected_runs,
+    selection_table,
+)
 
 
 def comparisons(protocol: str, control: bool = False) -> tuple[tuple[str, str], ...]:
@@ -44,10 +50,8 @@ def tables_command(args: argparse.Namespace) -> str:
     return (
         f"gaaf-reproduce --size-study --datasets {' '.join(args.datasets)} --protocol {args.protocol} "
         + ("--control " if args.control else "")
-        + f"--train-sizes {' '.join(map(str, args.train_sizes))} {reuse}--max-epochs {args.max_epochs} "
-        f"--patience {args.patience} --max-extensions {args.max_extensions} "
-        + (f"--grid {' '.join(map(repr, args.grid))} " if args.grid else "")
-        + f"--out {relative(args.out)} --tables-only"
+        + f"--train-sizes {' '.join(map(str, args.train_sizes))} {reuse}"
+        + rebuild_options(args)
     )
 
 

@@ -174,13 +174,14 @@ def record_outcome(args: argparse.Namespace, run: lp.Run, outcome: Outcome) -> i
     """When the run finished, write its record and predictions into ``--out`` and return 0; else the
     run's exit code. A run that diverged finished too: its record (``diverged``; no finite val/loss)
     makes its rate score lowest, and the selection goes on without it."""
-    if not outcome.ok and diverged(outcome) is None:
+    nan = diverged(outcome)
+    if not outcome.ok and nan is None:
         return (outcome.result.exit_code if outcome.result is not None else 0) or 1
     run_dir = outcome.result.run_dir
     record = summarize(args, run, run_dir, outcome.seconds)
     if record is None:  # not tested: nothing to record
         return 1
-    record["diverged"] = diverged(outcome)
+    record["diverged"] = nan
     folder = study_dir(args.out, run.dataset, run.protocol, run.train_size)
     (folder / "predictions").mkdir(parents=True, exist_ok=True)
     from lightning_gaaf.callbacks.predictions import FILENAME as PREDICTIONS_FILE
@@ -259,7 +260,8 @@ def finish_study_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         parser.error("--seeds, --max-epochs, --patience and --jobs must be >= 1, --max-extensions >= 0")
     if args.grid is not None and min(args.grid) <= 0:
         parser.error("--grid: learning rates must be > 0")
-    args.grids = {p: tuple(args.grid) if args.grid else proto.grid for p, proto in lp.PROTOCOLS.items()}
+    # None: every protocol starts from its own grid (lr_plan.initial_grid)
+    args.grids = dict.fromkeys(lp.PROTOCOLS, tuple(args.grid)) if args.grid else None
     args.data_dir = args.data_dir or os.environ.get("GAAF_DATA_DIR")
     args.configs = Path(args.configs) if args.configs else configs_dir()
     args.out, args.work_dir = Path(args.out), Path(args.work_dir)

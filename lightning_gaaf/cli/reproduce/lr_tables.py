@@ -4,7 +4,7 @@ Per dataset and protocol, ``<out>/<dataset>/<protocol>/tables.md`` holds (1) the
 selection: every grid point's validation score per model and the selected rate; (2) epochs,
 optimizer steps and wall time to each validation-accuracy target at each model's own rate, mean
 (sample std) over seeds, and the paired-by-seed comparisons (the protocol's ``comparisons``, Holm
-over the table; a run that never reaches a target is censored at the epoch cap); (3) the best-epoch
+over the table; a run that stops before a target is censored at its last epoch); (3) the best-epoch
 (lowest val/loss) test accuracy with the same comparisons, plus McNemar and a bootstrap over images
 (:mod:`.comparisons`). ``val_acc.png`` shows the validation-accuracy curves at each model's
 selected rate, mean over seeds with a min-max band.

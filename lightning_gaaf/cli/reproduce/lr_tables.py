@@ -328,9 +328,9 @@ def study_tables(
         "## 2. Time to validation-accuracy targets, each model at its selected rate",
         "",
         "Mean (sample std) over the seeds that reached the target; wall / CPU time = sum over the "
-        "epochs up to the target of their training+validation time (wall: 2 runs at nice 19 on 2 "
-        "cores shared with other work, very noisy; CPU time of the run's process: less so; "
-        "optimizer steps: exact).",
+        "epochs up to the target of their training+validation time (wall: depends on the machine "
+        "and on what else ran on it, which the study's README states; CPU time of the run's "
+        "process: less so; optimizer steps: exact).",
         "",
         *target_table(finals, targets),
         "",

@@ -254,3 +254,34 @@ def test_a_diverged_run_is_recorded_and_its_rate_scores_lowest(tmp_path, monkeyp
     assert record["diverged"]["key"] and record["best_val_loss"] is None
     assert lp.score(record) == (-np.inf, -np.inf)
     assert row((folder / "tables.md").read_text(), "| gaaf | ")[1] == "diverged"
+
+
+def test_the_gain_table_shows_each_gaaf_variant_over_its_plain_twin_per_layer():
+    """Every layer the runs record, per rate both trained; a diverged run's rate is named, not a ratio."""
+    from lightning_gaaf.cli.reproduce import grad_gain
+
+    layers = ["backbone.features.conv1", "backbone.features.conv2", "backbone.classifier.out"]
+    plain = dict(zip(layers, (1e-3, 2e-3, 4e-3), strict=True))
+    gain = dict(zip(layers, (40.0, 8.0, 1.5), strict=True))
+    nan = dict.fromkeys(layers, float("nan"))
+    recs = [
+        {**rec(m, lr, 0, acc=86.0), "grad_info": plain} for m in ("base", "bn") for lr in (0.00625, 0.0125)
+    ] + [
+        {**rec("gaaf", 0.00625, 0, acc=87.0), "grad_info": {k: v * gain[k] for k, v in plain.items()}},
+        {**rec("gaaf", 0.0125, 0, acc=None), "grad_info": nan, "diverged": {"step": 48}},
+        {**rec("bn_gaaf", 0.0125, 0, acc=88.0), "grad_info": {k: 2 * v for k, v in plain.items()}},
+        {**rec("bn_gaaf", 0.0125, 1, acc=88.0), "grad_info": plain},  # not seed 0: no row
+    ]
+    proto = lp.PROTOCOLS["small_cnn"]
+    assert grad_gain.gaaf_pairs(proto) == [("gaaf", "base"), ("bn_gaaf", "bn")]
+    lines = grad_gain.gain_table(recs, proto)
+    assert lines[0].startswith("GAAF / base gradient information per layer")
+    assert "| lr | conv1 | conv2 | out | val acc % at best epoch: base / GAAF |" in lines
+    assert "| lr | conv1 | conv2 | out | val acc % at best epoch: bn / bn_gaaf |" in lines
+    rows = [line for line in lines if line.startswith("| 0")]
+    assert rows == [
+        "| 0.00625 | 40.00 | 8.00 | 1.50 | 86.00 / 87.00 |",
+        "| 0.0125 | n/a | n/a | n/a | 86.00 / diverged |",
+        "| 0.0125 | 2.00 | 2.00 | 2.00 | 86.00 / 88.00 |",
+    ]
+    assert grad_gain.gain_table([r for r in recs if r["model"] in ("base", "bn")], proto) == []

@@ -153,7 +153,7 @@ def test_the_gain_table_shows_gaaf_over_base_gradient_per_layer_at_shared_rates(
         {**record("gaaf", 0.2, 0, {}, 90.0), "grad_info": gaaf},  # no base run at 0.2: no row
         {**record("gaaf", 0.4, 1, {}, 90.0), "grad_info": gaaf},  # not seed 0: no row
     ]
-    lines = grad_gain.gain_table(recs)
+    lines = grad_gain.gain_table(recs, lp.PROTOCOLS["no_momentum"])
     assert lines[0].startswith(
         "Control `base_lrscale`: base at GAAF's rate with per-layer factors fc1 4.393, "
     )
@@ -162,4 +162,5 @@ def test_the_gain_table_shows_gaaf_over_base_gradient_per_layer_at_shared_rates(
         "| 0.05 | 4.00 | 3.00 | 2.00 | 1.00 | 98.00 / 98.25 |",
         "| 0.1 | n/a | 3.00 | 2.00 | 1.00 | 98.00 / 10.00 |",
     ]
-    assert len(grad_gain.gain_table([r for r in recs if r["model"] == "base"])) == 2  # the factors alone
+    base_only = [r for r in recs if r["model"] == "base"]
+    assert len(grad_gain.gain_table(base_only, lp.PROTOCOLS["no_momentum"])) == 2  # the factors alone

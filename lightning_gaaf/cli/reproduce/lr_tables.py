@@ -347,7 +347,7 @@ def study_tables(
         "",
         cm.ACCURACY_NOTE.format(m=len(rows)),
         "",
-        *(gain_table(recs) if proto.control else []),
+        *gain_table(recs, proto),
     ]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tables.md").write_text("\n".join(lines))

@@ -250,7 +250,7 @@ def figure(
     ax.set_ylabel("validation accuracy %")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
@@ -310,8 +310,8 @@ def study_tables(
     sels, finals = selected_runs(recs, dataset, protocol, args.max_extensions, args.grids)
     targets = proto.targets[dataset]
     title = (
-        f"{dataset}, {proto.description}: each model at its own selected learning rate\n"
-        "line: mean over seeds; band: min-max over seeds"
+        f"{dataset}, {proto.description}\n"
+        "each model at its own selected learning rate; line: mean over seeds, band: min-max"
     )
     lines = [
         f"# {heading}",

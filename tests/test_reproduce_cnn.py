@@ -285,3 +285,18 @@ def test_the_gain_table_shows_each_gaaf_variant_over_its_plain_twin_per_layer():
         "| 0.0125 | 2.00 | 2.00 | 2.00 | 86.00 / 88.00 |",
     ]
     assert grad_gain.gain_table([r for r in recs if r["model"] in ("base", "bn")], proto) == []
+
+
+def test_each_published_config_trains_at_the_rate_the_published_study_selected():
+    """The configs carry the CNN study's choices: recomputed from the committed run records, not copied."""
+    import yaml
+
+    from lightning_gaaf.cli.reproduce.lr_tables import selected_runs
+
+    out = Path(__file__).resolve().parents[1] / "docs" / "results" / "fashion_mnist_cnn"
+    records = [r for r in lr_study_module.load_records(out) if r["train_size"] == 10000]
+    sels, _ = selected_runs(records, "fashion_mnist", "small_cnn", max_extensions=2, grids=None)
+    assert set(sels) == set(VARIANTS) and all(sels[v].final for v in VARIANTS)
+    for variant in VARIANTS:
+        config = yaml.safe_load((configs_dir() / f"fashion_mnist_cnn_{variant}.yaml").read_text())
+        assert config["model"]["optimizer"]["init_args"]["lr"] == sels[variant].best_lr, variant

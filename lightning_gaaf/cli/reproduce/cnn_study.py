@@ -3,7 +3,7 @@
 The SmallCNN of the paper's SVHN row on 28x28 grayscale, four variants (``base``, ``bn``, ``gaaf``,
 ``bn_gaaf``; ReLU, GAAF with the shifted-sigmoid shape), the published configs
 ``configs/fashion_mnist_cnn_*.yaml`` (SGD, momentum 0.9, weight decay 5e-4, cosine decay over the
-run's epoch cap). One rate does not fit all four (GAAF diverges at the configs' 0.05), so the
+run's epoch cap). One rate does not fit all four (GAAF diverges at the SVHN protocol's 0.05), so the
 learning-rate study's machinery gives each its own: protocol ``small_cnn`` of :mod:`.lr_plan` (log
 grid, extended at an edge, selection on validation, then ``--seeds`` seeds at the selected rate; no
 control), the learning-rate study's runner, records and tables (:mod:`.lr_study`, :mod:`.lr_tables`).

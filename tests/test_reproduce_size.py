@@ -171,3 +171,11 @@ def test_with_control_base_trains_at_gaafs_rate_of_each_size_and_the_tables_comp
     assert next(x for x in text.splitlines() if x.startswith(f"| 1000 | {lp.CONTROL} | 0.2 | 2 |"))
     assert any(x.startswith(f"| {lp.CONTROL} - gaaf | 2 |") for x in text.splitlines())
     assert any(x.startswith(f"| {lp.CONTROL} - gaaf | running train - test | 2 |") for x in text.splitlines())
+
+
+def test_one_control_option_with_each_studys_default():
+    """``--control`` / ``--no-control`` in both studies: on by default in the learning-rate study, off here."""
+    assert lr_study_module.parse_args([]).control is True
+    assert lr_study_module.parse_args(["--no-control"]).control is False
+    assert size_study.parse_args([]).control is False
+    assert size_study.parse_args(["--control"]).control is True

@@ -174,14 +174,14 @@ def record_outcome(args: argparse.Namespace, run: lp.Run, outcome: Outcome) -> i
     """When the run finished, write its record and predictions into ``--out`` and return 0; else the
     run's exit code. A run that diverged finished too: its record (``diverged``; no finite val/loss)
     makes its rate score lowest, and the selection goes on without it."""
-    nan = diverged(outcome)
-    if not outcome.ok and nan is None:
+    divergence = diverged(outcome)
+    if not outcome.ok and divergence is None:
         return (outcome.result.exit_code if outcome.result is not None else 0) or 1
     run_dir = outcome.result.run_dir
     record = summarize(args, run, run_dir, outcome.seconds)
     if record is None:  # not tested: nothing to record
         return 1
-    record["diverged"] = nan
+    record["diverged"] = divergence
     folder = study_dir(args.out, run.dataset, run.protocol, run.train_size)
     (folder / "predictions").mkdir(parents=True, exist_ok=True)
     from lightning_gaaf.callbacks.predictions import FILENAME as PREDICTIONS_FILE
@@ -206,7 +206,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     protocols = list(lp.MLP_PROTOCOLS)
     parser.add_argument("--protocols", nargs="+", choices=protocols, default=protocols)
-    parser.add_argument("--no-control", action="store_true", help="skip the per-layer-lr control of base")
+    add_control_argument(parser, default=True)
     add_study_arguments(
         parser, models=lp.MLP_MODELS, max_epochs=100, out="reproduce/lr_study", work_dir="runs/lr_study"
     )
@@ -214,6 +214,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     finish_study_arguments(parser, args)
     args.studies = [(d, p) for d in args.datasets for p in args.protocols if d in lp.PROTOCOLS[p].datasets]
     return args
+
+
+def add_control_argument(parser: argparse.ArgumentParser, *, default: bool) -> None:
+    """``--control`` / ``--no-control``: whether the study also trains :data:`lr_plan.CONTROL`."""
+    parser.add_argument(
+        "--control", action=argparse.BooleanOptionalAction, default=default,
+        help="also train base with GAAF's per-layer gradient ratios as learning-rate factors, at GAAF's "
+        f"rate; default {'on' if default else 'off'}",
+    )  # fmt: skip
 
 
 def add_study_arguments(
@@ -353,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     def todo(records: list[dict[str, Any]]) -> list[lp.Run]:
         return lp.plan(
             args.studies, records, args.seeds, args.max_extensions,
-            control=not args.no_control, grids=args.grids, models=args.models,
+            control=args.control, grids=args.grids, models=args.models,
         )  # fmt: skip
 
     study_main(PROG, args, todo, write_tables)

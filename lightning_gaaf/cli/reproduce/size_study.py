@@ -27,6 +27,7 @@ from typing import Any
 from lightning_gaaf.cli.reproduce import lr_plan as lp
 from lightning_gaaf.cli.reproduce.lr_study import (
     DATAMODULE,
+    add_control_argument,
     add_study_arguments,
     finish_study_arguments,
     study_main,
@@ -71,10 +72,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--reuse-lr-study", default=None, metavar="DIR",
         help="the learning-rate study's --out: its runs are the whole training split's",
     )  # fmt: skip
-    parser.add_argument(
-        "--control", action="store_true",
-        help="also train base with GAAF's per-layer gradient ratios as learning-rate factors, at GAAF's rate",
-    )  # fmt: skip
+    add_control_argument(parser, default=False)
     add_study_arguments(
         parser, models=lp.MLP_MODELS, max_epochs=500, out="reproduce/size_study", work_dir="runs/size_study"
     )

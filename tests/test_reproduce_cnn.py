@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from _study_helpers import InProcessExecutor
 from _tune_helpers import run_program
 
-from lightning_gaaf.cli.reproduce import cnn_study
+from lightning_gaaf.cli.reproduce import cnn_study, grad_gain
 from lightning_gaaf.cli.reproduce import lr_plan as lp
 from lightning_gaaf.cli.reproduce import lr_study as lr_study_module
+from lightning_gaaf.cli.reproduce.lr_tables import selected_runs
 from lightning_gaaf.cli.reproduce.main import main as reproduce_main
 from lightning_gaaf.run.bundled import configs_dir
 
@@ -258,8 +260,6 @@ def test_a_diverged_run_is_recorded_and_its_rate_scores_lowest(tmp_path, monkeyp
 
 def test_the_gain_table_shows_each_gaaf_variant_over_its_plain_twin_per_layer():
     """Every layer the runs record, per rate both trained; a diverged run's rate is named, not a ratio."""
-    from lightning_gaaf.cli.reproduce import grad_gain
-
     layers = ["backbone.features.conv1", "backbone.features.conv2", "backbone.classifier.out"]
     plain = dict(zip(layers, (1e-3, 2e-3, 4e-3), strict=True))
     gain = dict(zip(layers, (40.0, 8.0, 1.5), strict=True))
@@ -289,10 +289,6 @@ def test_the_gain_table_shows_each_gaaf_variant_over_its_plain_twin_per_layer():
 
 def test_each_published_config_trains_at_the_rate_the_published_study_selected():
     """The configs carry the CNN study's choices: recomputed from the committed run records, not copied."""
-    import yaml
-
-    from lightning_gaaf.cli.reproduce.lr_tables import selected_runs
-
     out = Path(__file__).resolve().parents[1] / "docs" / "results" / "fashion_mnist_cnn"
     records = [r for r in lr_study_module.load_records(out) if r["train_size"] == 10000]
     sels, _ = selected_runs(records, "fashion_mnist", "small_cnn", max_extensions=2, grids=None)
